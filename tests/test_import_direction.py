@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "omtseg"
 
 # layer -> omtseg subpackages/modules it must not import, plus third-party roots it must not import.
 FORBIDDEN: dict[str, tuple[set[str], set[str]]] = {
+    "io": ({"types", "modeling", "data", "evaluation", "lit_module", "cli"}, {"torch", "lightning"}),
     "types": ({"modeling", "data", "evaluation", "lit_module", "cli"}, {"lightning", "torchvision", "timm"}),
     "modeling": ({"data", "evaluation", "lit_module", "cli"}, {"lightning", "torchvision", "timm"}),
     "data": ({"modeling", "evaluation", "lit_module", "cli"}, {"torchvision", "timm"}),
