@@ -1,0 +1,107 @@
+"""``omtseg prepare <benchmark> --src RAW --dst ROOT``: official downloads -> the zero-shot benchmark layouts.
+
+One module per raw download (:mod:`.ade20k_150`, :mod:`.ade20k_847`, :mod:`.pascal_context`,
+:mod:`.pascal_voc`); each documents its inputs and outputs. The commands resume: outputs are written
+atomically and existing ones are kept, so re-running after an interruption finishes the job.
+data/README.md lists the downloads and where each file goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omtseg.data.benchmark_vocab import DATASETS_ENV, SPLIT_DIRS, datasets_root
+from omtseg.data.prepare._common import PrepareStats
+from omtseg.data.prepare.ade20k_150 import prepare_ade20k_150
+from omtseg.data.prepare.ade20k_847 import prepare_ade20k_847
+from omtseg.data.prepare.pascal_context import prepare_pascal_context_59, prepare_pascal_context_459
+from omtseg.data.prepare.pascal_voc import prepare_pascal_voc_20
+
+Preparer = Callable[..., PrepareStats]
+
+PREPARERS: dict[str, Preparer] = {
+    "ade20k_150": prepare_ade20k_150,
+    "ade20k_150_panoptic": prepare_ade20k_150,
+    "ade20k_847": prepare_ade20k_847,
+    "pascal_context_59": prepare_pascal_context_59,
+    "pascal_context_459": prepare_pascal_context_459,
+    "pascal_voc_20": prepare_pascal_voc_20,
+}
+"""Benchmark name -> prepare function ``f(src, dst, *, splits, overwrite, show_progress) -> PrepareStats``."""
+
+
+def prepare(
+    benchmark: str,
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str] | None = None,
+    *,
+    splits: Sequence[str] = ("train", "val"),
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> PrepareStats:
+    """Convert the raw download(s) under ``src`` into ``benchmark``'s layout under ``dst``.
+
+    Args:
+        benchmark: a key of :data:`PREPARERS` (the names of :data:`~omtseg.data.benchmark_vocab.BENCHMARKS`).
+        src: folder holding the extracted download (e.g. the parent of ``ADEChallengeData2016``).
+        dst: datasets root to write into (default ``$OMTSEG_DATASETS`` or ``data/``); may equal ``src``.
+        splits: which of ``"train"``, ``"val"`` to prepare (zero-shot evaluation needs ``"val"`` only).
+        overwrite: rewrite outputs that already exist.
+        show_progress: draw progress bars.
+
+    Raises:
+        ValueError: unknown benchmark or split; malformed raw files.
+        FileNotFoundError: a raw input is missing (the message names it and where to download it).
+    """
+    if benchmark not in PREPARERS:
+        raise ValueError(f"No prepare command for {benchmark!r}; choose one of {sorted(PREPARERS)}.")
+    unknown = [s for s in splits if s not in SPLIT_DIRS]
+    if unknown or not splits:
+        raise ValueError(f"Unknown splits {unknown or list(splits)}; use some of {sorted(SPLIT_DIRS)}.")
+    if not Path(src).is_dir():
+        raise FileNotFoundError(
+            f"--src {src} is not a folder; give the folder holding the extracted download."
+        )
+    return PREPARERS[benchmark](
+        Path(src), datasets_root(dst), splits=tuple(splits), overwrite=overwrite, show_progress=show_progress
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: ``prepare <benchmark> --src RAW [--dst ROOT] [--splits val] [--overwrite]``."""
+    parser = argparse.ArgumentParser(
+        prog="omtseg prepare",
+        description="Convert an official dataset download into the layout omtseg's zero-shot benchmarks read "
+        "(see data/README.md). Resumable: existing outputs are kept.",
+    )
+    parser.add_argument("benchmark", choices=sorted(PREPARERS))
+    parser.add_argument("--src", required=True, help="folder holding the extracted download")
+    parser.add_argument(
+        "--dst", default=None, help=f"datasets root to write into (default ${DATASETS_ENV} or data/)"
+    )
+    parser.add_argument(
+        "--splits", nargs="+", default=["train", "val"], choices=sorted(SPLIT_DIRS), help="splits to prepare"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        stats = prepare(
+            args.benchmark,
+            args.src,
+            args.dst,
+            splits=args.splits,
+            overwrite=args.overwrite,
+            show_progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        # A missing or malformed download is the user's to fix: the message says how, a traceback would not.
+        parser.exit(2, f"omtseg prepare: error: {e}\n")
+    print(f"{args.benchmark} -> {datasets_root(args.dst)}: {stats.summary()}")
+    return 0
+
+
+__all__ = ["PREPARERS", "PrepareStats", "main", "prepare"]

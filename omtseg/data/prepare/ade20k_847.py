@@ -1,0 +1,132 @@
+"""ADE20K-847 (the full ADE20K_2021_17_01 release) -> ``images_detectron2`` + uint16 TIFF label maps.
+
+Raw inputs (``src/ADE20K_2021_17_01/``, from the registered download at
+https://groups.csail.mit.edu/vision/datasets/ADE20K/):
+
+- ``index_ade20k.pkl``: a pickled dict whose ``filename`` and ``folder`` lists name every image; folders are
+  relative to the directory that holds ``ADE20K_2021_17_01`` (``ADE20K_2021_17_01/images/ADE/training/...``);
+- per image ``X.jpg`` and ``X_seg.png`` beside it, where the object class of a pixel is
+  ``R // 10 * 256 + G``.
+
+The 847 evaluated classes and their object class ids are those of the open-vocabulary projects
+(``prepare_ade20k_full_sem_seg.py`` of NVlabs/ODISE and bytedance/fc-clip), kept as the id column of
+``assets/vocabularies/ade20k_847.txt``; every other class is ignore (65535). As there, images whose short
+side exceeds 512 px are shrunk to 512 (image bilinear, labels nearest); the split is the filename's second
+field (``ADE_val_*`` -> validation, everything else -> training).
+
+Outputs (``dst/ADE20K_2021_17_01/``): ``images_detectron2/{split_dir}/X.jpg`` (the original file, or a
+quality-95 JPEG when shrunk) and ``annotations_detectron2/{split_dir}/X.tif`` (uint16 labels 0..846).
+
+The index is a pickle: load only the file of the official download.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from omtseg.data.benchmark_vocab import SPLIT_DIRS, zero_shot_vocabulary
+from omtseg.data.prepare._common import (
+    PrepareStats,
+    copy_file,
+    find_raw,
+    is_done,
+    progress,
+    resize_short_side,
+    save_label,
+)
+from omtseg.io import atomic_path, read_image
+
+DOWNLOAD = (
+    "https://groups.csail.mit.edu/vision/datasets/ADE20K/ (register, then download ADE20K_2021_17_01.zip)"
+)
+IGNORE = 65535
+MAX_SHORT_SIDE = 512
+
+
+def class_lookup() -> np.ndarray:
+    """(max_id + 1,) uint16 table: ADE20K object class id -> ADE20K-847 label, 65535 for the others."""
+    ids = zero_shot_vocabulary("ade20k_847").category_ids
+    table = np.full(max(ids) + 1, IGNORE, dtype=np.uint16)
+    table[list(ids)] = np.arange(len(ids), dtype=np.uint16)
+    return table
+
+
+def class_ids_from_seg(seg: np.ndarray) -> np.ndarray:
+    """An ADE20K ``*_seg.png`` (H, W, 3) -> (H, W) int32 object class ids ``R // 10 * 256 + G``."""
+    return (seg[..., 0].astype(np.int32) // 10) * 256 + seg[..., 1].astype(np.int32)
+
+
+def map_classes(class_ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Object class ids (any shape) -> uint16 ADE20K-847 labels; ids beyond the table are ignore."""
+    out = np.full(class_ids.shape, IGNORE, dtype=np.uint16)
+    known = class_ids < len(table)
+    out[known] = table[class_ids[known]]
+    return out
+
+
+def _load_index(path: Path) -> tuple[list[str], list[str]]:
+    with path.open("rb") as f:
+        index = pickle.load(f)
+    if not isinstance(index, dict) or "filename" not in index or "folder" not in index:
+        raise ValueError(
+            f"{path} is not the ADE20K index (a dict with 'filename' and 'folder' lists); use the "
+            "index_ade20k.pkl of ADE20K_2021_17_01."
+        )
+    names, folders = list(index["filename"]), list(index["folder"])
+    if len(names) != len(folders):
+        raise ValueError(f"{path}: {len(names)} filenames but {len(folders)} folders; the index is damaged.")
+    return [str(n) for n in names], [str(f) for f in folders]
+
+
+def prepare_ade20k_847(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    splits: tuple[str, ...] = ("train", "val"),
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> PrepareStats:
+    """Build ``dst/ADE20K_2021_17_01/{images,annotations}_detectron2`` from the full ADE20K release."""
+    raw = find_raw(src, "ADE20K_2021_17_01", ["index_ade20k.pkl"], DOWNLOAD)
+    names, folders = _load_index(raw / "index_ade20k.pkl")
+    out = Path(dst) / "ADE20K_2021_17_01"
+    table = class_lookup()
+    wanted = {SPLIT_DIRS[s] for s in splits}
+    items = []
+    for name, folder in zip(names, folders, strict=True):
+        split_dir = "validation" if name.split("_")[1:2] == ["val"] else "training"
+        if split_dir in wanted:
+            items.append((raw.parent / folder / name, split_dir))
+    stats = PrepareStats()
+    for image_path, split_dir in progress(items, "ADE20K-847", show_progress):
+        out_image = out / "images_detectron2" / split_dir / image_path.name
+        out_label = out / "annotations_detectron2" / split_dir / f"{image_path.stem}.tif"
+        if is_done([out_image, out_label], overwrite):
+            stats.count("images", wrote=False)
+            stats.count("labels", wrote=False)
+            continue
+        seg_path = image_path.with_name(f"{image_path.stem}_seg.png")
+        if not image_path.is_file() or not seg_path.is_file():
+            raise FileNotFoundError(
+                f"{image_path if not image_path.is_file() else seg_path} is listed in index_ade20k.pkl but "
+                f"missing; folders are relative to {raw.parent}. Extract the full download there."
+            )
+        image = read_image(image_path)
+        class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
+        if class_ids.shape != image.shape[:2]:
+            raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
+        image, class_ids, resized = resize_short_side(image, class_ids, MAX_SHORT_SIDE)
+        if not resized:
+            copy_file(image_path, out_image, stats, overwrite=overwrite)
+        elif overwrite or not out_image.exists():
+            with atomic_path(out_image) as tmp:
+                Image.fromarray(image).save(tmp, format="JPEG", quality=95)
+            stats.count("images", wrote=True)
+        else:
+            stats.count("images", wrote=False)
+        save_label(map_classes(class_ids, table), out_label, stats, overwrite=overwrite, kind="labels")
+    return stats
