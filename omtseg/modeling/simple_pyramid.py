@@ -1,0 +1,101 @@
+"""The "no visual adapter" ablation: a ViTDet-style simple feature pyramid on BEiT-3's last layer.
+
+BEiT-3 runs unchanged; its final patch states (stride 16) are resampled to strides 4 (two stride-2 transposed
+convs), 8 (one), 16 (as is) and 32 (2x2 max pool), then each level is projected to C channels by a 1x1 and a
+3x3 conv, each followed by a norm, as ViTDet does.
+
+Shape letters: B batch, D BEiT-3 width, C output channels, L text tokens, H, W image pixels.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .adapter import init_adapter_weights
+from .backbone.beit3 import BEiT3
+from .beit3_features import STRIDES, FrozenBEiT3Features, Norm, norm_2d
+from .shapes import BackboneOutput
+
+
+class SimplePyramid(FrozenBEiT3Features):
+    """Frozen BEiT-3 + deconv/pool pyramid -> ``f1..f4``, with the same outputs as the visual adapter.
+
+    Args:
+        backbone: the BEiT-3 encoder; frozen here (see :class:`FrozenBEiT3Features`).
+        norm: norm after the convs: "group" or "batch".
+        out_channels: C of the outputs; None keeps the BEiT-3 width D.
+        cross_modal: text and patches share the blocks (True) or text is encoded alone (False).
+        freeze_position_embeddings: freeze BEiT-3's position tables too.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: BEiT3,
+        norm: Norm = "group",
+        out_channels: int | None = None,
+        cross_modal: bool = True,
+        freeze_position_embeddings: bool = False,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            cross_modal=cross_modal,
+            freeze_position_embeddings=freeze_position_embeddings,
+            out_channels=out_channels,
+        )
+        d, c = backbone.embed_dim, self.out_channels
+        half, quarter = max(1, d // 2), max(1, d // 4)
+        # Widths shrink as resolution grows (ViTDet): the stride-4 map is the costly one.
+        self.resample = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(d, half, 2, 2),
+                    norm_2d(norm, half),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(half, quarter, 2, 2),
+                ),
+                nn.ConvTranspose2d(d, half, 2, 2),
+                nn.Identity(),
+                nn.MaxPool2d(2, 2),
+            ]
+        )
+        widths = (quarter, half, d, d)
+        self.project = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(w, c, 1, bias=False),
+                norm_2d(norm, c),
+                nn.Conv2d(c, c, 3, padding=1, bias=False),
+                norm_2d(norm, c),
+            )
+            for w in widths
+        )
+        init_adapter_weights(self.resample)
+        init_adapter_weights(self.project)
+
+    def forward(
+        self,
+        images: Tensor,
+        text_embeds: Tensor | None = None,
+        text_positions: Tensor | None = None,
+        text_padding_mask: Tensor | None = None,
+    ) -> BackboneOutput:
+        """Multi-scale features of the images and, with text, the text states.
+
+        Args:
+            images: (B, 3, H, W) normalised float, H and W multiples of 32.
+            text_embeds: (B, L, D) or (1, L, D) prompt token embeddings, or None.
+            text_positions: (B, L) or (L,) long text positions, or None for ``0..L-1``.
+            text_padding_mask: (B, L) bool, True at padding, or None.
+
+        Returns:
+            features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.
+        """
+        b, _, h, w = images.shape
+        x, vision_len, padding_mask = self._embed(images, text_embeds, text_positions, text_padding_mask)
+        for block in self.backbone.blocks:
+            x = block(x, vision_len=vision_len, padding_mask=padding_mask)
+        patches = self.backbone.final_norm.A(x[:, 1:vision_len])  # (B, Np, D), the vision expert's norm
+        grid = patches.transpose(1, 2).unflatten(2, (h // 16, w // 16))  # (B, D, H/16, W/16)
+        levels = [proj(resample(grid)) for resample, proj in zip(self.resample, self.project, strict=True)]
+        text = self._text_output(x, vision_len, b, text_embeds, text_positions, text_padding_mask)
+        return BackboneOutput(features=dict(zip(STRIDES, levels, strict=True)), text=text)
