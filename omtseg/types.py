@@ -7,7 +7,7 @@ ids (COCO ``category_id``) only appear in :attr:`Vocabulary.category_ids` and in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 
@@ -114,6 +114,15 @@ class Targets:
     void: Tensor
     segment_ids: Tensor
 
+    def to(self, device: object, non_blocking: bool = False) -> Targets:
+        """A copy on ``device`` (Lightning moves batches with ``.to``)."""
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        return Targets(**moved)
+
+    def pin_memory(self) -> Targets:
+        """A copy in pinned memory (the DataLoader's ``pin_memory=True`` calls this)."""
+        return Targets(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     @property
     def ignore(self) -> Tensor:
         """(H, W) bool: void or crowd, the pixels that losses and metrics skip."""
@@ -191,6 +200,30 @@ class Batch:
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    # Lightning's default transfer walks dataclasses field by field and cannot rebuild the frozen
+    # Vocabulary; an object with ``to`` is moved by calling it instead. Infos and vocabulary stay put.
+    def to(self, device: object, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on ``device``."""
+        return Batch(
+            images=self.images.to(device, non_blocking=non_blocking),
+            padding_mask=self.padding_mask.to(device, non_blocking=non_blocking),
+            targets=None if self.targets is None else [t.to(device, non_blocking) for t in self.targets],
+            infos=self.infos,
+            vocabulary=self.vocabulary,
+            semantic=None if self.semantic is None else self.semantic.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        """A copy with every tensor in pinned memory (DataLoader ``pin_memory=True``)."""
+        return Batch(
+            images=self.images.pin_memory(),
+            padding_mask=self.padding_mask.pin_memory(),
+            targets=None if self.targets is None else [t.pin_memory() for t in self.targets],
+            infos=self.infos,
+            vocabulary=self.vocabulary,
+            semantic=None if self.semantic is None else self.semantic.pin_memory(),
+        )
 
 
 @dataclass
