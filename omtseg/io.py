@@ -46,11 +46,10 @@ def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}. Check the dataset root and file name.")
     try:
-        with Image.open(path) as im:
-            im.load()
-            if mode:
-                im = im.convert(mode)
-            return np.asarray(im).copy()
+        with Image.open(path) as opened:
+            opened.load()
+            image: Image.Image = opened.convert(mode) if mode else opened
+            return np.asarray(image).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(
             f"Cannot read image {path}: {e}. The file is corrupt or truncated; re-download or re-extract it."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import torch
 from torch import Tensor
 
 IGNORE_INDEX: int = -1
@@ -114,7 +115,7 @@ class Targets:
     void: Tensor
     segment_ids: Tensor
 
-    def to(self, device: object, non_blocking: bool = False) -> Targets:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Targets:
         """A copy on ``device`` (Lightning moves batches with ``.to``)."""
         moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
         return Targets(**moved)
@@ -203,7 +204,7 @@ class Batch:
 
     # Lightning's default transfer walks dataclasses field by field and cannot rebuild the frozen
     # Vocabulary; an object with ``to`` is moved by calling it instead. Infos and vocabulary stay put.
-    def to(self, device: object, non_blocking: bool = False) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor on ``device``."""
         return Batch(
             images=self.images.to(device, non_blocking=non_blocking),
