@@ -14,13 +14,13 @@ image tokens and L text tokens. Measured with the packaged vocabularies (entries
 COCO panoptic 133 classes / 188 entries / 611 tokens, ADE20K-150 225 / 740, Pascal Context-59 160 / 509,
 Pascal Context-459 559 / 1857, ADE20K-847 1341 / 4720, Pascal VOC-20 79 / 258 (about 3.3 tokens per entry).
 The entries are therefore packed, whole and in order, into chunks of at most ``max_text_tokens`` tokens
-(default 256) whose positions restart at 0. The segmenter runs one backbone pass per chunk with the image,
+(default 1022, the whole position table) whose positions restart at 0. The segmenter runs one backbone pass per chunk with the image,
 concatenates the ``<WLS>`` features and averages the image features over the chunks. Cost is linear in the
 number of chunks C (about tokens / (max_text_tokens - 2)): C passes of O((Nv + max_text_tokens)^2 D)
-attention and O((Nv + max_text_tokens) D^2) projections per block; memory is bounded by one chunk. At 256
-a 640 px image (Nv = 1601) stays the larger part of each pass, but COCO takes 3 passes (2.4x the projection
-work of one 611-token pass) and ADE20K-847 19; ``max_text_tokens=1022`` gives COCO, ADE20K-150 and
-Context-59 one pass and ADE20K-847 five. Small vocabularies are always one chunk.
+attention and O((Nv + max_text_tokens) D^2) projections per block; memory is bounded by one chunk. At the
+default, COCO (the training vocabulary), ADE20K-150 and Context-59 are one joint pass, as in the paper, and
+ADE20K-847 takes five; a smaller value (e.g. 256: COCO 3 passes, ADE20K-847 19) bounds memory further at
+the cost of more passes. Small vocabularies are always one chunk.
 
 Training vocabularies are sampled and shuffled per batch by :func:`sample_vocabulary`, so that no class owns
 a fixed text position.
@@ -85,7 +85,7 @@ class PromptEncoder(nn.Module):
         *,
         tokenizer: Beit3Tokenizer | None = None,
         embed_dim: int,
-        max_text_tokens: int = 256,
+        max_text_tokens: int = MAX_TEXT_TOKENS,
         learnable: bool = True,
         init_token_id: int = BOS_ID,
     ) -> None:

@@ -112,7 +112,7 @@ class OMTSeg(nn.Module):
         prompt_tuning: bool = True,
         adapter_channels: int | None = None,
         adapter_num_heads: int | None = None,
-        max_text_tokens: int = 256,
+        max_text_tokens: int = 1022,
         conv_dim: int = 256,
         mask_dim: int = 256,
         num_pixel_decoder_layers: int = 6,
