@@ -246,13 +246,17 @@ class Predictions:
 
 @dataclass
 class PanopticSegment:
-    """One segment of a panoptic result; ``id`` is its value in the id map (> 0)."""
+    """One segment of a panoptic result; ``id`` is its value in the id map (> 0).
+
+    ``caption`` is a description of the segment, filled by segment captioning (None when not captioned).
+    """
 
     id: int
     label: int
     is_thing: bool
     score: float
     area: int
+    caption: str | None = None
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""The LightningModule that trains the segment captioner on region-caption data with the segmenter frozen.
+
+SCA's recipe: the segmenter (SAM there, OMTSeg here) is fixed, and only the feature mixer (and, at a small
+learning rate or not at all, the language model) learns, from region captions (:class:`RegionBatch`). Each
+region is paired with the decoder query whose mask overlaps it most (see :mod:`omtseg.captioning`).
+Validation writes captions greedily and logs ``val/cider_d`` and ``val/bleu_4`` (and METEOR where Java runs).
+
+Checkpoints hold the captioner (the LM included, so a checkpoint is self-contained) and the segmenter's
+weights as loaded, so a ``.ckpt`` alone restores the whole captioning system.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from omtseg.captioning import match_queries, segmenter_pass
+from omtseg.data.captions import RegionBatch
+from omtseg.evaluation.caption import evaluate_captions
+from omtseg.modeling.captioner import SegmentCaptioner
+from omtseg.modeling.segmenter import OMTSeg
+from omtseg.types import Vocabulary
+
+
+def load_segmenter_checkpoint(segmenter: OMTSeg, path: str | Path) -> None:
+    """Load an ``omtseg fit`` checkpoint's segmenter weights (``model.*`` keys) into ``segmenter``.
+
+    A checkpoint that stored its frozen BEiT-3 as a file reference (``omtseg_backbone``) gets the backbone
+    from that file first.
+
+    Raises:
+        FileNotFoundError: the checkpoint (or the BEiT-3 file it refers to) is missing.
+        ValueError: the checkpoint's weights do not fit this segmenter's configuration.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Segmenter checkpoint not found: {path}; give a .ckpt written by `omtseg fit`."
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k[len("model.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
+    if not state:
+        raise ValueError(
+            f"{path} holds no segmenter weights (no 'model.*' keys); is it an omtseg checkpoint?"
+        )
+    source = ckpt.get("omtseg_backbone")
+    if source is not None:
+        if not Path(source["path"]).is_file():
+            raise FileNotFoundError(
+                f"{path} takes its frozen BEiT-3 weights from {source['path']}, which is missing; restore it."
+            )
+        segmenter.load_backbone_weights(source["path"])
+        own = segmenter.state_dict()
+        state = {**{k: own[k] for k in own if k not in state}, **state}
+    result = segmenter.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path} does not fit this segmenter (missing {result.missing_keys[:5]}, unexpected "
+            f"{result.unexpected_keys[:5]}); configure the segmenter as it was trained."
+        )
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """AdamW at SCA's mixer learning rate (1e-4)."""
+    return torch.optim.AdamW(params, lr=1e-4)
+
+
+class SegmentCaptionModule(L.LightningModule):
+    """Train a :class:`SegmentCaptioner` on region captions over a frozen :class:`OMTSeg`.
+
+    Args:
+        segmenter: the segmenter; frozen and kept in eval mode.
+        captioner: the captioner (its LM frozen or not, as it was built).
+        class_names: the vocabulary the segmenter is run with (its text branch needs one; the captioner
+            reads only image features and queries).
+        segmenter_checkpoint: an ``omtseg fit`` checkpoint loaded into ``segmenter`` at construction.
+        optimizer: builds the optimizer from the trainable parameters (AdamW, lr 1e-4 as SCA's mixer).
+        use_query_embed: condition each caption on the best-matching decoder query (SCA's segment token).
+        max_caption_tokens: training captions are cut to this many tokens (end token included).
+        max_new_tokens: caption length limit when decoding (20 in SCA).
+        num_beams: 1 decodes greedily (SCA), more runs beam search.
+    """
+
+    def __init__(
+        self,
+        *,
+        segmenter: OMTSeg,
+        captioner: SegmentCaptioner,
+        class_names: list[str],
+        segmenter_checkpoint: str | None = None,
+        optimizer: OptimizerCallable = default_optimizer,
+        use_query_embed: bool = True,
+        max_caption_tokens: int = 32,
+        max_new_tokens: int = 20,
+        num_beams: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["segmenter", "captioner", "optimizer"])
+        if segmenter_checkpoint is not None:
+            load_segmenter_checkpoint(segmenter, segmenter_checkpoint)
+        segmenter.requires_grad_(False)
+        self.segmenter = segmenter.eval()
+        self.captioner = captioner
+        self.vocabulary = Vocabulary.from_names(class_names)
+        self.optimizer_factory = optimizer
+        self.use_query_embed = use_query_embed
+        self.max_caption_tokens = max_caption_tokens
+        self.max_new_tokens = max_new_tokens
+        self.num_beams = num_beams
+        self._predictions: dict[str, str] = {}
+        self._references: dict[str, list[str]] = {}
+
+    def train(self, mode: bool = True) -> SegmentCaptionModule:
+        """Switch modes; the frozen segmenter stays in eval mode (no dropout, fixed statistics)."""
+        super().train(mode)
+        self.segmenter.eval()
+        return self
+
+    def _inputs(self, batch: RegionBatch) -> dict[str, Any]:
+        """The captioner's inputs for a batch: features, masks, batch index and matched query embeddings."""
+        tap = segmenter_pass(self.segmenter, batch.images, self.vocabulary)
+        masks = batch.masks.to(tap.mask_logits.device)
+        index = batch.segment_batch_index.to(masks.device)
+        query = None
+        if self.use_query_embed:
+            query = tap.queries[index, match_queries(tap.mask_logits, masks, index)]  # (S, C)
+        return dict(features=tap.multi_scale, masks=masks, segment_batch_index=index, query_embed=query)
+
+    def training_step(self, batch: RegionBatch, batch_idx: int) -> Tensor:
+        """Teacher-forced loss on each region's first reference caption."""
+        ids, mask = self.captioner.tokenize([c[0] for c in batch.captions], self.max_caption_tokens)
+        loss = self.captioner(
+            captions=ids.to(self.device), caption_mask=mask.to(self.device), **self._inputs(batch)
+        )
+        self.log("train/caption_loss", loss, prog_bar=True, batch_size=len(batch))
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.captioner.parameters() if p.requires_grad]
+        assert all(not p.requires_grad for p in self.segmenter.parameters()), "the segmenter must stay frozen"
+        return self.optimizer_factory(params)
+
+    @torch.no_grad()
+    def caption(self, batch: RegionBatch) -> list[str]:
+        """Captions of every region of a batch (decoding settings of the module)."""
+        return self.captioner.generate(
+            **self._inputs(batch), max_new_tokens=self.max_new_tokens, num_beams=self.num_beams
+        )
+
+    def validation_step(self, batch: RegionBatch, batch_idx: int) -> None:
+        for rid, text, refs in zip(batch.region_ids, self.caption(batch), batch.captions, strict=True):
+            self._predictions[rid] = text
+            self._references[rid] = refs
+
+    def on_validation_epoch_end(self) -> None:
+        if self._predictions:
+            result = evaluate_captions(self._predictions, self._references)
+            for name, value in result.scores.items():
+                self.log(f"val/{name}", value, prog_bar=name == "cider_d")
+        self._predictions, self._references = {}, {}
+
+    def predict_step(self, batch: RegionBatch, batch_idx: int) -> list[str]:
+        """Captions of every region of the batch."""
+        return self.caption(batch)
