@@ -1,0 +1,273 @@
+"""Evaluate a checkpoint zero-shot on every benchmark present and write the paper's results table.
+
+    python -m omtseg.eval_all --ckpt CKPT --out outputs/eval [--root ROOT]     (make eval-all CKPT=...)
+
+Columns are the paper's: mIoU on ADE20K-847, Pascal Context-459, ADE20K-150, Pascal Context-59 and Pascal
+VOC-20, then PQ and AP on ADE20K-150 panoptic. ADE20K-150 runs once: its panoptic layout gives PQ, AP and
+mIoU together; with only the semantic maps it gives mIoU (PQ and AP are then skipped). Benchmarks whose
+prepared layout is absent under the datasets root are skipped with the reason (the missing path and the
+``omtseg prepare`` command); a layout that exists but is damaged stops the run before any evaluation.
+
+Every run loads the checkpoint with its saved model config and the metrics its benchmark supports
+(``eval_tasks``), and evaluates through ``Trainer.test`` with :class:`ZeroShotDataModule`: the same path
+as ``omtseg test --config configs/eval/<benchmark>.yaml``. Outputs: ``results.md`` (the table),
+``results.json`` (every logged metric, images, seconds, skip reasons) and Lightning CSV logs.
+
+Also home of :func:`run_extra_command`, which ``omtseg.cli.main`` calls to serve ``omtseg prepare`` and
+``omtseg eval-all`` beside LightningCLI's subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from omtseg.data.benchmark_vocab import BENCHMARKS, DATASETS_ENV, datasets_root
+from omtseg.data.prepare import main as prepare_main
+from omtseg.data.zeroshot_datamodule import ZeroShotDataModule, benchmark_missing, benchmark_tasks
+from omtseg.io import save_json
+from omtseg.lit_module import OMTSegModule
+
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    # (header, evaluation group, logged metric); groups are the runs below, metrics in percent.
+    ("A-847", "ade20k_847", "miou"),
+    ("PC-459", "pascal_context_459", "miou"),
+    ("A-150", "ade20k_150", "miou"),
+    ("PC-59", "pascal_context_59", "miou"),
+    ("PAS-20", "pascal_voc_20", "miou"),
+    ("PQ", "ade20k_150", "pq"),
+    ("AP", "ade20k_150", "ap"),
+)
+"""The paper's zero-shot table, in its column order."""
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    # evaluation group -> benchmarks to try, best first (the first one present is run)
+    "ade20k_847": ("ade20k_847",),
+    "pascal_context_459": ("pascal_context_459",),
+    "ade20k_150": ("ade20k_150_panoptic", "ade20k_150"),
+    "pascal_context_59": ("pascal_context_59",),
+    "pascal_voc_20": ("pascal_voc_20",),
+}
+
+
+@dataclass
+class Planned:
+    """One evaluation group: the benchmark to run, or why none can (``benchmark`` None)."""
+
+    group: str
+    benchmark: str | None
+    notes: list[str]
+
+
+def plan(root: str | Path | None = None, split: str = "val") -> list[Planned]:
+    """Which benchmark each group runs under ``root``, with a note for every layout found missing.
+
+    Raises:
+        ValueError: a layout exists but is damaged (see :func:`benchmark_missing`).
+    """
+    planned = []
+    for group, candidates in GROUPS.items():
+        notes: list[str] = []
+        chosen = None
+        for name in candidates:
+            reason = benchmark_missing(name, root=root, split=split)
+            if reason is None:
+                chosen = name
+                break
+            notes.append(f"{BENCHMARKS[name].title}: {reason}")
+        planned.append(Planned(group=group, benchmark=chosen, notes=notes))
+    return planned
+
+
+def check_checkpoint(ckpt: str | Path) -> None:
+    """Fail early unless ``ckpt`` is a checkpoint that holds its model config, as ``omtseg fit`` writes.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: no ``hyper_parameters["model"]`` (a module built in Python keeps no config to rebuild).
+    """
+    path = Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}. Give a .ckpt written by `omtseg fit`.")
+    saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    if "model" not in saved:
+        raise ValueError(
+            f"{path} holds no saved model config (hyper_parameters['model']); evaluate a checkpoint written "
+            "by `omtseg fit`, or run `omtseg test` with the model's config."
+        )
+
+
+def evaluate(
+    ckpt: str | Path,
+    benchmark: str,
+    *,
+    root: str | Path | None = None,
+    log_dir: str | Path = "outputs/eval",
+    split: str = "val",
+    eval_size: int | None = 640,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> tuple[dict[str, float], int]:
+    """Test ``ckpt`` on one benchmark; returns the logged metrics (``"miou"``, ``"pq"`` ..., percent)
+    without the ``test/`` prefix, and the number of images.
+
+    Raises:
+        FileNotFoundError: the benchmark layout is missing.
+    """
+    # The saved config rebuilds the model; eval_tasks overrides it with what this benchmark can score.
+    tasks = benchmark_tasks(benchmark)
+    module = OMTSegModule.load_from_checkpoint(ckpt, map_location="cpu", eval_tasks=tasks)
+    data = ZeroShotDataModule(
+        benchmark=benchmark,
+        root=None if root is None else str(root),
+        split=split,
+        eval_size=eval_size,
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=CSVLogger(str(log_dir), name=benchmark),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+    logged = trainer.test(module, datamodule=data, verbose=False)[0]
+    assert data.dataset is not None
+    return {key.removeprefix("test/"): float(value) for key, value in logged.items()}, len(data.dataset)
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.1f}"
+
+
+def results_table(groups: dict[str, dict[str, Any]], checkpoint: str) -> str:
+    """The paper's columns as a Markdown table (``–`` where skipped), followed by the skip reasons."""
+    headers = [h for h, _, _ in COLUMNS]
+    cells = [_cell(groups.get(g, {}).get("metrics", {}).get(m)) for _, g, m in COLUMNS]
+    lines = [
+        "| checkpoint | " + " | ".join(headers) + " |",
+        "|---|" + "---:|" * len(headers),
+        f"| {checkpoint} | " + " | ".join(cells) + " |",
+        "",
+        "mIoU on A-847 ... PAS-20; PQ and AP on ADE20K-150 panoptic; percent.",
+    ]
+    notes = [(g, n) for g, r in groups.items() for n in r.get("notes", [])]
+    if notes:
+        lines += ["", "Skipped or partial:"] + [f"- {group}: {note}" for group, note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    root: str | Path | None = None,
+    **evaluate_kw: Any,
+) -> dict[str, Any]:
+    """Evaluate ``ckpt`` on every benchmark present under ``root``; write ``results.{md,json}`` in ``out``.
+
+    Args:
+        ckpt: a ``.ckpt`` written by ``omtseg fit``.
+        out: output folder.
+        root: datasets root (default ``$OMTSEG_DATASETS`` or ``data/``).
+        **evaluate_kw: passed to :func:`evaluate` (``eval_size``, ``batch_size``, ``num_workers``,
+            ``accelerator``, ``progress``, ``split``).
+
+    Returns:
+        The content of ``results.json``: ``{"checkpoint", "root", "groups": {group: {"benchmark",
+        "metrics", "images", "seconds", "notes"}}, "table"}``.
+
+    Raises:
+        FileNotFoundError: no benchmark at all is present (nothing to evaluate), or no checkpoint.
+        ValueError: the checkpoint holds no model config (see :func:`check_checkpoint`).
+    """
+    out = Path(out)
+    ckpt = Path(ckpt)
+    check_checkpoint(ckpt)
+    planned = plan(root, split=evaluate_kw.get("split", "val"))
+    if all(p.benchmark is None for p in planned):
+        raise FileNotFoundError(
+            f"No zero-shot benchmark is prepared under {datasets_root(root)} (set --root or "
+            f"${DATASETS_ENV}); build them with `omtseg prepare <benchmark> --src RAW --dst ROOT`.\n"
+            + "\n".join(n for p in planned for n in p.notes)
+        )
+    groups: dict[str, dict[str, Any]] = {}
+    for p in planned:
+        entry: dict[str, Any] = {"benchmark": p.benchmark, "metrics": {}, "notes": list(p.notes)}
+        if p.benchmark is not None:
+            start = time.perf_counter()
+            entry["metrics"], entry["images"] = evaluate(
+                ckpt, p.benchmark, root=root, log_dir=out / "logs", **evaluate_kw
+            )
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+        groups[p.group] = entry
+    table = results_table(groups, ckpt.name)
+    results = {"checkpoint": str(ckpt), "root": str(datasets_root(root)), "groups": groups, "table": table}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(table)
+    save_json(results, out / "results.json", indent=2)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry (``python -m omtseg.eval_all``, ``omtseg eval-all``)."""
+    parser = argparse.ArgumentParser(
+        prog="omtseg eval-all",
+        description="Zero-shot evaluation of a checkpoint on every prepared benchmark (A-847, PC-459, A-150, "
+        "PC-59, PAS-20 mIoU; ADE20K-150 PQ and AP); writes OUT/results.md and OUT/results.json.",
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `omtseg fit`")
+    parser.add_argument("--out", default="outputs/eval", help="output folder (default outputs/eval)")
+    parser.add_argument("--root", default=None, help=f"datasets root (default ${DATASETS_ENV} or data/)")
+    parser.add_argument("--eval-size", type=int, default=640, help="long side of test images, pixels")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    try:
+        results = run(
+            args.ckpt,
+            args.out,
+            root=args.root,
+            eval_size=args.eval_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            accelerator=args.accelerator,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        # Missing checkpoints or datasets are the user's to fix: the message says how.
+        parser.exit(2, f"omtseg eval-all: error: {e}\n")
+    print(results["table"], end="")
+    print(f"Written {Path(args.out) / 'results.md'} and {Path(args.out) / 'results.json'}.")
+    return 0
+
+
+EXTRA_COMMANDS = {"prepare": prepare_main, "eval-all": main}
+"""``omtseg`` subcommands served outside LightningCLI: name -> ``main(argv) -> exit code``."""
+
+
+def run_extra_command(argv: Sequence[str]) -> int | None:
+    """Run ``omtseg prepare ...`` or ``omtseg eval-all ...`` when ``argv[0]`` names one; returns its exit
+    code, or None for every other command line (LightningCLI's ``fit``, ``test``, ``--help`` ...)."""
+    if not argv or argv[0] not in EXTRA_COMMANDS:
+        return None
+    return EXTRA_COMMANDS[argv[0]](list(argv[1:]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
