@@ -1,0 +1,156 @@
+"""Lightning callbacks: the prediction writer of ``omtseg predict``.
+
+Output layout under ``output_dir``::
+
+    panoptic.json              COCO panoptic predictions (annotations + categories of the vocabulary)
+    panoptic/<stem>.png        segment ids as R + 256 G + 256^2 B
+    semantic/<stem>.png        per-pixel category id (uint8, or uint16 for ids above 255)
+    overlays/<stem>.png        the image with colored segments and class names
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from omtseg.evaluation.export import export_panoptic_predictions
+from omtseg.io import read_image, save_image, save_json
+from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
+from omtseg.visualize import overlay_panoptic, overlay_semantic
+
+_PARTS = ".panoptic_parts"
+
+
+def original_image(image: torch.Tensor, info: ImageInfo) -> np.ndarray:
+    """The batch image mapped back to the file's frame: padding cut, resized to ``orig_size``, un-flipped.
+
+    Args:
+        image: (3, H, W) uint8, as in :class:`~omtseg.types.Batch`.
+        info: the image's size bookkeeping.
+
+    Returns:
+        (H0, W0, 3) uint8 RGB.
+    """
+    h, w = info.resized_size
+    content = image[:, :h, :w].float()[None]  # (1, 3, h, w)
+    if (h, w) != tuple(info.orig_size):
+        content = F.interpolate(content, size=tuple(info.orig_size), mode="bilinear", align_corners=False)
+    if info.flipped:
+        content = content.flip(-1)
+    return content[0].round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+
+
+def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, ...) -> (scale H, scale W, ...) by pixel repetition (keeps ids and labels exact)."""
+    return array.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+class PanopticPredictionWriter(BasePredictionWriter):
+    """Write what ``predict_step`` returns (``list[ImageResult]``) as files, batch by batch.
+
+    Panoptic PNGs are written per batch with a partial JSON each; the epoch end merges them into
+    ``panoptic.json``, so memory stays flat however many images are segmented.
+
+    Args:
+        output_dir: folder for the outputs (created).
+        overlays: also write overlay pictures.
+        overlay_alpha: color opacity of overlays.
+        overlay_min_side: overlays of smaller images are enlarged (whole factors, nearest) until their
+            short side reaches this many pixels, so that class names stay readable on tiny images.
+        image_dir: folder of the original images (``info.file_name`` is relative to it); overlays are
+            then drawn on the files at full quality instead of on the resized batch images.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_dir: str = "outputs/predict",
+        overlays: bool = True,
+        overlay_alpha: float = 0.55,
+        overlay_min_side: int = 256,
+        image_dir: str | None = None,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.overlays = overlays
+        self.overlay_alpha = overlay_alpha
+        self.overlay_min_side = overlay_min_side
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self._vocabulary: Vocabulary | None = None
+
+    def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
+        self._vocabulary = None
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Sequence[ImageResult],
+        batch_indices: Sequence[int] | None,
+        batch: Batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        vocabulary = batch.vocabulary
+        if self._vocabulary is not None and vocabulary != self._vocabulary:
+            raise ValueError("The vocabulary changed between prediction batches; predict with one at a time.")
+        self._vocabulary = vocabulary
+        rank, out = trainer.global_rank, self.output_dir
+        panoptic = [(r.info, r.panoptic) for r in prediction if r.panoptic is not None]
+        if panoptic:
+            export_panoptic_predictions(
+                panoptic,
+                vocabulary=vocabulary,
+                json_path=out / _PARTS / f"{dataloader_idx}_{rank}_{batch_idx:08d}.json",
+                folder=out / "panoptic",
+            )
+        category_ids = np.asarray(vocabulary.category_ids)
+        dtype = np.uint8 if category_ids.max() < 256 else np.uint16
+        for image, result in zip(batch.images, prediction, strict=True):
+            stem = Path(result.info.file_name).with_suffix(".png").as_posix()
+            classes = None
+            if result.semantic is not None:
+                classes = result.semantic.argmax(0).cpu().numpy()  # (H0, W0) class indices
+                save_image(category_ids[classes].astype(dtype), out / "semantic" / stem)
+            if not self.overlays:
+                continue
+            if self.image_dir is not None:
+                picture = read_image(self.image_dir / result.info.file_name)
+            else:
+                picture = original_image(image, result.info)
+            alpha = self.overlay_alpha
+            scale = max(1, -(-self.overlay_min_side // min(picture.shape[:2])))
+            enlarge = partial(_enlarge, scale=scale)
+            if result.panoptic is not None:
+                pan = result.panoptic
+                ids = enlarge(pan.id_map.cpu().numpy())
+                picture = overlay_panoptic(enlarge(picture), ids, pan.segments, vocabulary, alpha=alpha)
+            elif classes is not None:
+                picture = overlay_semantic(enlarge(picture), enlarge(classes), vocabulary, alpha=alpha)
+            save_image(picture, out / "overlays" / stem)
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        parts_dir = self.output_dir / _PARTS
+        trainer.strategy.barrier()
+        if trainer.is_global_zero and parts_dir.is_dir():
+            annotations: list[dict[str, Any]] = []
+            categories: list[dict[str, Any]] = []
+            for part in sorted(parts_dir.glob("*.json")):
+                data = json.loads(part.read_text())
+                annotations += data["annotations"]
+                categories = data["categories"]
+            merged = {"annotations": annotations, "categories": categories}
+            save_json(merged, self.output_dir / "panoptic.json")
+            shutil.rmtree(parts_dir)
+        trainer.strategy.barrier()

@@ -1,0 +1,204 @@
+"""Pictures for people: segments blended over the image with class names, and small line plots (PIL only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from omtseg.types import IGNORE_INDEX, PanopticSegment, Vocabulary
+
+_FONT = ImageFont.load_default()
+_SERIES_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
+def _jitter(color: tuple[int, int, int], index: int) -> tuple[int, int, int]:
+    # Instances of one class share a hue; a deterministic brightness shift tells neighbours apart.
+    if index == 0:
+        return color
+    shift = ((index * 37) % 81) - 40
+    return tuple(int(np.clip(c + shift, 0, 255)) for c in color)  # type: ignore[return-value]
+
+
+def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
+    # The centroid can fall outside a non-convex segment; take the segment pixel nearest to it.
+    ys, xs = np.nonzero(mask)
+    cy, cx = ys.mean(), xs.mean()
+    i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+    return int(xs[i]), int(ys[i])
+
+
+def _boundaries(ids: np.ndarray) -> np.ndarray:
+    edge = np.zeros(ids.shape, dtype=bool)
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    return edge
+
+
+def _draw_labels(picture: Image.Image, labels: Sequence[tuple[str, tuple[int, int]]]) -> None:
+    draw = ImageDraw.Draw(picture)
+    w, h = picture.size
+    for text, (x, y) in labels:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=_FONT)
+        tw, th = right - left, bottom - top
+        # Centre the label on its anchor but keep it inside the picture.
+        x0 = int(np.clip(x - tw // 2, 0, max(w - tw - 2, 0)))
+        y0 = int(np.clip(y - th // 2, 0, max(h - th - 2, 0)))
+        draw.rectangle((x0, y0, x0 + tw + 2, y0 + th + 2), fill=(0, 0, 0))
+        draw.text((x0 + 1 - left, y0 + 1 - top), text, fill=(255, 255, 255), font=_FONT)
+
+
+def _blend(
+    image: np.ndarray, colors: np.ndarray, painted: np.ndarray, edges: np.ndarray, alpha: float
+) -> np.ndarray:
+    out = image.astype(np.float32)
+    out[painted] = (1.0 - alpha) * out[painted] + alpha * colors[painted]
+    out[edges & painted] = 255.0
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def _check_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"Expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}.")
+    if image.shape[:2] != size:
+        raise ValueError(f"Image size {image.shape[:2]} differs from the segmentation size {size}.")
+    return image
+
+
+def overlay_panoptic(
+    image: np.ndarray | torch.Tensor,
+    id_map: np.ndarray | torch.Tensor,
+    segments: Sequence[PanopticSegment],
+    vocabulary: Vocabulary,
+    *,
+    alpha: float = 0.55,
+    labels: bool = True,
+) -> np.ndarray:
+    """Blend each panoptic segment in its class color over the image and write its class name on it.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        id_map: (H, W) integer segment ids, 0 = void (left unpainted).
+        segments: the segments of ``id_map``; ``label`` indexes ``vocabulary``.
+        vocabulary: names and colors.
+        alpha: color opacity in [0, 1].
+        labels: write class names.
+
+    Returns:
+        (H, W, 3) uint8 picture.
+    """
+    ids = _as_numpy(id_map).astype(np.int64)
+    image = _check_image(_as_numpy(image), ids.shape)
+    colors = np.zeros(ids.shape + (3,), dtype=np.float32)
+    texts: list[tuple[str, tuple[int, int]]] = []
+    seen: dict[int, int] = {}
+    for seg in segments:
+        mask = ids == seg.id
+        if not mask.any():
+            continue
+        index = seen.get(seg.label, 0)
+        seen[seg.label] = index + 1
+        colors[mask] = _jitter(vocabulary.colors[seg.label], index)
+        if labels:
+            texts.append((vocabulary.names[seg.label], _label_anchor(mask)))
+    picture = Image.fromarray(_blend(image, colors, ids > 0, _boundaries(ids), alpha))
+    _draw_labels(picture, texts)
+    return np.asarray(picture)
+
+
+def overlay_semantic(
+    image: np.ndarray | torch.Tensor,
+    semantic: np.ndarray | torch.Tensor,
+    vocabulary: Vocabulary,
+    *,
+    alpha: float = 0.55,
+    labels: bool = True,
+) -> np.ndarray:
+    """Blend a per-pixel class map over the image, one name per class present.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        semantic: (H, W) class indices, :data:`IGNORE_INDEX` left unpainted.
+        vocabulary: names and colors.
+        alpha: color opacity in [0, 1].
+        labels: write class names.
+
+    Returns:
+        (H, W, 3) uint8 picture.
+    """
+    classes = _as_numpy(semantic).astype(np.int64)
+    image = _check_image(_as_numpy(image), classes.shape)
+    if classes.max(initial=IGNORE_INDEX) >= len(vocabulary):
+        raise ValueError(f"Class index {classes.max()} is outside the {len(vocabulary)}-class vocabulary.")
+    palette = np.asarray(vocabulary.colors, dtype=np.float32)
+    painted = classes != IGNORE_INDEX
+    colors = np.zeros(classes.shape + (3,), dtype=np.float32)
+    colors[painted] = palette[classes[painted]]
+    texts = [
+        (vocabulary.names[k], _label_anchor(classes == k)) for k in np.unique(classes[painted]).tolist()
+    ] if labels else []
+    picture = Image.fromarray(_blend(image, colors, painted, _boundaries(classes), alpha))
+    _draw_labels(picture, texts)
+    return np.asarray(picture)
+
+
+def line_plot(
+    series: dict[str, Sequence[tuple[float, float]]],
+    *,
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    size: tuple[int, int] = (640, 400),
+) -> np.ndarray:
+    """A minimal line plot of named (x, y) series with axes, ticks and a legend.
+
+    Args:
+        series: name -> points; series without points are skipped.
+        title, x_label, y_label: captions.
+        size: (width, height) in pixels.
+
+    Returns:
+        (height, width, 3) uint8 picture.
+    """
+    width, height = size
+    picture = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(picture)
+    left, right, top, bottom = 60, width - 20, 30, height - 45
+    points = [p for pts in series.values() for p in pts]
+    draw.text((left, 8), title, fill=(0, 0, 0), font=_FONT)
+    draw.text(((left + right) // 2 - 3 * len(x_label), height - 18), x_label, fill=(0, 0, 0), font=_FONT)
+    draw.text((4, 8), y_label, fill=(0, 0, 0), font=_FONT)
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    if not points:
+        return np.asarray(picture)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(min(ys), 0.0), max(ys)
+    # Degenerate ranges (one point, a flat curve) still need a non-zero span to map onto pixels.
+    x1, y1 = (x1 if x1 > x0 else x0 + 1.0), (y1 if y1 > y0 else y0 + 1.0)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
+
+    for i in range(5):
+        yv, xv = y0 + (y1 - y0) * i / 4, x0 + (x1 - x0) * i / 4
+        _, py = to_px(x0, yv)
+        px, _ = to_px(xv, y0)
+        draw.line((left, py, right, py), fill=(225, 225, 225))
+        draw.text((4, py - 5), f"{yv:.3g}", fill=(0, 0, 0), font=_FONT)
+        draw.text((px - 8, bottom + 5), f"{xv:.3g}", fill=(0, 0, 0), font=_FONT)
+    for n, (name, pts) in enumerate((k, v) for k, v in series.items() if len(v)):
+        color = _SERIES_COLORS[n % len(_SERIES_COLORS)]
+        pixels = [to_px(x, y) for x, y in pts]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=color, width=2)
+        for px, py in pixels:
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
+        draw.text((right - 150, 8 + 12 * n), f"- {name}", fill=color, font=_FONT)
+    return np.asarray(picture)

@@ -1,0 +1,164 @@
+"""`omtseg fit|test|predict` through ``main(args)`` with the shipped demo recipe, shrunk by overrides."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omtseg.cli import main as _main
+from omtseg.cli import read_vocabulary_file
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def _args(command: str, root: Path, run_dir: Path, *extra: str) -> list[str]:
+    # The demo recipe at test size: 4 training images, tiny point counts, 2-image batches.
+    return [
+        command, "--config", str(CONFIG),
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.log_every_n_steps", "1",
+        "--data.init_args.root", str(root / "data"),
+        "--data.init_args.synthetic.num_train", "4",
+        "--data.init_args.synthetic.num_val", "2",
+        "--data.init_args.synthetic.num_test", "2",
+        "--data.init_args.batch_size", "2",
+        "--data.init_args.eval_batch_size", "2",
+        "--model.model.init_args.num_decoder_layers", "2",
+        "--model.scheduler.init_args.warmup_steps", "2",
+        "--model.criterion.init_args.num_points", "256",
+        "--model.criterion.init_args.matcher.init_args.num_points", "256",
+        *extra,
+    ]
+
+
+def main(args: list[str]) -> None:
+    # As the console script sees it: pytest's own argv must not leak into the CLI.
+    with mock.patch.object(sys, "argv", ["omtseg"]):
+        _main(args)
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    (path,) = sorted(run_dir.glob("csv/version_*/metrics.csv"))
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models are made of small ops: on a busy 2-core machine one intra-op thread costs ~10x less CPU
+    # time than two spinning on each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(root, run dir) of a 4-step fit with validation after each 2-step epoch."""
+    root = tmp_path_factory.mktemp("cli")
+    main(_args("fit", root, root / "fit", "--trainer.max_steps", "4"))
+    return root, root / "fit"
+
+
+def test_fit_writes_checkpoints_metrics_and_the_config(trained: tuple[Path, Path]) -> None:
+    _, run = trained
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    assert last["hyper_parameters"]["model"]["class_path"] == "omtseg.modeling.segmenter.OMTSeg"
+    assert last["lr_schedulers"][0]["last_epoch"] == 4  # stepped per iteration
+    assert len(list((run / "checkpoints").glob("best-step=*.ckpt"))) == 1
+    pq = [float(r["val/pq"]) for r in _rows(run) if r.get("val/pq")]
+    assert len(pq) == 2 and all(0.0 <= v <= 100.0 for v in pq)  # one validation per epoch
+    rows = _rows(run)
+    assert sorted(int(r["step"]) for r in rows if r.get("train/loss")) == [0, 1, 2, 3]
+    assert all(r.get("train/loss_dice_0") for r in rows if r.get("train/loss"))  # every term, aux included
+    assert any(r.get("lr-Lion/base/decay") for r in rows)
+
+
+def test_fast_dev_run(tmp_path: Path) -> None:
+    main(_args("fit", tmp_path, tmp_path / "run", "--trainer.fast_dev_run", "true"))
+
+
+def test_resume_continues_at_the_saved_step(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    resumed = root / "resumed"
+    main(
+        _args(
+            "fit", root, resumed, "--trainer.max_steps", "6",
+            "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+        )
+    )
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6
+    assert last["lr_schedulers"][0]["last_epoch"] == 6
+    steps = sorted({int(r["step"]) for r in _rows(resumed) if r.get("train/loss")})
+    assert steps and steps[0] >= 4  # no step was redone from scratch
+
+
+def test_test_subcommand_logs_panoptic_semantic_and_instance_metrics(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    main(_args("test", root, root / "test", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")))
+    (row,) = [r for r in _rows(root / "test") if r.get("test/pq")]
+    for key in ("pq", "pq_th", "pq_st", "sq", "rq", "miou"):
+        assert 0.0 <= float(row[f"test/{key}"]) <= 100.0
+    assert "test/ap" in row
+
+
+def test_predict_writes_panoptic_semantic_and_overlays(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    vocab = root / "vocab.txt"
+    vocab.write_text("# classes\nball\nbox, crate\nstuff: sky\nstuff: grass, lawn\n")
+    out = root / "predictions"
+    main(
+        _args(
+            "predict", root, root / "predict",
+            "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+            "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test"),
+            "--vocabulary_file", str(vocab),
+            "--prediction_writer.output_dir", str(out),
+            "--prediction_writer.image_dir", str(root / "data" / "images" / "test"),
+        )
+    )
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    assert [c["name"] for c in panoptic["categories"]] == ["ball", "box", "sky", "grass"]
+    assert [c["isthing"] for c in panoptic["categories"]] == [1, 1, 0, 0]
+    assert sorted(a["file_name"] for a in panoptic["annotations"]) == ["000000.png", "000001.png"]
+    for name in ("000000.png", "000001.png"):
+        for folder in ("panoptic", "semantic", "overlays"):
+            assert Image.open(out / folder / name).size == ((256, 256) if folder == "overlays" else (64, 64))
+        semantic = np.asarray(Image.open(out / "semantic" / name))
+        assert set(np.unique(semantic).tolist()) <= {1, 2, 3, 4}  # category ids of the 4 classes
+    assert not (out / ".panoptic_parts").exists()
+
+
+def test_predict_errors_are_clear(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match="Image folder not found"):
+        main(_args("predict", root, tmp_path, "--ckpt_path", ckpt, "--data.init_args.predict_image_dir",
+                   str(tmp_path / "missing")))
+    (tmp_path / "empty.txt").write_text("# nothing here\n\n")
+    with pytest.raises(ValueError, match="names no class"):
+        main(_args("predict", root, tmp_path, "--ckpt_path", ckpt, "--vocabulary_file",
+                   str(tmp_path / "empty.txt")))
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="not written by omtseg"):
+        main(_args("predict", root, tmp_path, "--ckpt_path", str(tmp_path / "foreign.ckpt"),
+                   "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test")))
+
+
+def test_read_vocabulary_file(tmp_path: Path) -> None:
+    path = tmp_path / "v.txt"
+    path.write_text("cat\n  dog, puppy \n# comment\n\nSTUFF: sky\n")
+    assert read_vocabulary_file(path) == (["cat", "dog, puppy"], ["sky"])
+    with pytest.raises(FileNotFoundError, match="Vocabulary file not found"):
+        read_vocabulary_file(tmp_path / "nope.txt")
