@@ -13,12 +13,14 @@ The prediction writer is always present (``--prediction_writer.output_dir``); it
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from omtseg.callbacks import PanopticPredictionWriter
+from omtseg.eval_all import run_extra_command
 from omtseg.lit_module import OMTSegModule, check_checkpoint
 
 
@@ -113,7 +115,14 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> OMTSegCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Console-script entry point (``omtseg``)."""
+    """Console-script entry point (``omtseg``).
+
+    ``omtseg prepare`` and ``omtseg eval-all`` are plain argparse commands (see :mod:`omtseg.eval_all`);
+    everything else goes to LightningCLI.
+    """
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, list) and (code := run_extra_command(argv)) is not None:
+        raise SystemExit(code)
     build_cli(args)
 
 

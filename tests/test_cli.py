@@ -162,3 +162,9 @@ def test_read_vocabulary_file(tmp_path: Path) -> None:
     assert read_vocabulary_file(path) == (["cat", "dog, puppy"], ["sky"])
     with pytest.raises(FileNotFoundError, match="Vocabulary file not found"):
         read_vocabulary_file(tmp_path / "nope.txt")
+
+
+def test_prepare_command_goes_through_the_console_entry(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        _main(["prepare", "pascal_voc_20", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "root")])
+    assert excinfo.value.code == 2
