@@ -50,14 +50,14 @@ class PanopticSplit:
     def under(self, root: str | os.PathLike[str]) -> PanopticSplit:
         """The same split with relative paths resolved against ``root`` (absolute paths unchanged)."""
 
-        def join(p: str | None) -> str | None:
-            return None if p is None else str(Path(root) / p)
+        def join(p: str) -> str:
+            return str(Path(root) / p)
 
         return PanopticSplit(
             image_dir=join(self.image_dir),
             panoptic_dir=join(self.panoptic_dir),
             panoptic_json=join(self.panoptic_json),
-            categories_json=join(self.categories_json),
+            categories_json=join(self.categories_json) if self.categories_json is not None else None,
         )
 
 

@@ -85,13 +85,20 @@ def collate(
             "A batch mixes samples with and without targets; use one dataset per dataloader "
             "(labelled for fit/validate/test, unlabelled for predict)."
         )
-    targets = [_pad_targets(s.targets, (h, w)) for s in samples] if all(labelled) else None
+    targets = None
+    if all(labelled):
+        # Every sample has targets (checked just above); the filter only narrows the type.
+        targets = [_pad_targets(s.targets, (h, w)) for s in samples if s.targets is not None]
 
     semantic = None
     if all(s.semantic is not None or s.targets is not None for s in samples):
         semantic = torch.full((b, h, w), IGNORE_INDEX, dtype=torch.int64)
         for i, s in enumerate(samples):
-            sem = s.semantic if s.semantic is not None else s.targets.semantic()
+            if s.semantic is not None:
+                sem = s.semantic
+            else:
+                assert s.targets is not None, "checked above: every sample has a semantic map or targets"
+                sem = s.targets.semantic()
             semantic[i, : sem.shape[0], : sem.shape[1]] = sem
         semantic[padding_mask] = IGNORE_INDEX
 

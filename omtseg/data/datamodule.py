@@ -199,7 +199,7 @@ class PanopticDataModule(LightningDataModule):
         self.eval_transform = EvalTransform(size=eval_size, size_divisibility=size_divisibility)
         self.size_divisibility = size_divisibility
         self.seed = seed
-        self.datasets: dict[str, Dataset] = {}
+        self.datasets: dict[str, CocoPanopticDataset | ImageFolderDataset] = {}
 
     def _synthetic_split(self, split: str) -> PanopticSplit:
         # The same layout make_synthetic_panoptic writes, relative to root.
@@ -224,7 +224,7 @@ class PanopticDataModule(LightningDataModule):
         """The class list of the configured splits (train's, else val's, else test's)."""
         for name in ("train", "val", "test"):
             if name in self.datasets:
-                return self.datasets[name].vocabulary
+                return self._labelled(name).vocabulary
         for split in self.splits.values():
             if split is not None:
                 return load_vocabulary(split.categories_json or split.panoptic_json)
@@ -238,6 +238,15 @@ class PanopticDataModule(LightningDataModule):
         if not things and not stuff:
             return self.vocabulary
         return Vocabulary.from_names(things + stuff, is_thing=[True] * len(things) + [False] * len(stuff))
+
+    def _labelled(self, name: str) -> CocoPanopticDataset:
+        dataset = self.datasets[name]
+        if not isinstance(dataset, CocoPanopticDataset):
+            raise ValueError(
+                f"The {name} dataset is a folder of unlabelled images and has no vocabulary; "
+                "pass the vocabulary explicitly."
+            )
+        return dataset
 
     def _dataset(self, name: str, transform: Transform) -> CocoPanopticDataset:
         split = self.splits[name]
@@ -295,7 +304,9 @@ class PanopticDataModule(LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=partial(
-                collate, vocabulary=vocabulary or dataset.vocabulary, size_divisibility=self.size_divisibility
+                collate,
+                vocabulary=vocabulary if vocabulary is not None else self._labelled(name).vocabulary,
+                size_divisibility=self.size_divisibility,
             ),
         )
 

@@ -253,11 +253,12 @@ def make_synthetic_panoptic(
     if not split or not split.replace("_", "").isalnum():
         raise ValueError(f"split must be a plain name such as 'train' or 'val', got {split!r}.")
     root = Path(root)
+    categories_json = root / "categories.json"
     paths = PanopticSplit(
         image_dir=str(root / "images" / split),
         panoptic_dir=str(root / "panoptic" / split),
         panoptic_json=str(root / f"panoptic_{split}.json"),
-        categories_json=str(root / "categories.json"),
+        categories_json=str(categories_json),
     )
     info = {
         "description": "omtseg synthetic panoptic dataset",
@@ -269,8 +270,8 @@ def make_synthetic_panoptic(
     }
     names = [f"{i:06d}.png" for i in range(num_images)]
     categories = synthetic_categories()
-    if not Path(paths.categories_json).is_file() or load_json(paths.categories_json) != categories:
-        save_json(categories, paths.categories_json, indent=1)
+    if not categories_json.is_file() or load_json(categories_json) != categories:
+        save_json(categories, categories_json, indent=1)
     if Path(paths.panoptic_json).is_file():
         done = load_json(paths.panoptic_json).get("info") == info and all(
             (Path(paths.image_dir) / n).is_file() and (Path(paths.panoptic_dir) / n).is_file() for n in names

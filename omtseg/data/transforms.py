@@ -85,7 +85,10 @@ def _to_layers(sample: Sample) -> _Layers:
 
 
 def _to_sample(layers: _Layers, sample: Sample, content: tuple[int, int], flipped: bool) -> Sample:
-    targets = _decode(layers.index, sample.targets) if sample.targets is not None else None
+    targets = None
+    if sample.targets is not None:
+        assert layers.index is not None, "_to_layers encodes an index map for every sample with targets"
+        targets = _decode(layers.index, sample.targets)
     info = dataclasses.replace(sample.info, resized_size=content, flipped=flipped)
     return Sample(image=layers.image, targets=targets, info=info, semantic=layers.semantic)
 
@@ -127,10 +130,14 @@ def _resize(layers: _Layers, size: tuple[int, int]) -> _Layers:
 
 
 def _crop(layers: _Layers, top: int, left: int, height: int, width: int) -> _Layers:
-    def cut(x: Tensor | None) -> Tensor | None:
-        return x[..., top : top + height, left : left + width] if x is not None else None
+    def cut(x: Tensor) -> Tensor:
+        return x[..., top : top + height, left : left + width]
 
-    return _Layers(image=cut(layers.image), index=cut(layers.index), semantic=cut(layers.semantic))
+    return _Layers(
+        image=cut(layers.image),
+        index=cut(layers.index) if layers.index is not None else None,
+        semantic=cut(layers.semantic) if layers.semantic is not None else None,
+    )
 
 
 def _pad(layers: _Layers, size: tuple[int, int]) -> _Layers:

@@ -113,11 +113,12 @@ def vocabulary_from_categories(
         source: where the records came from, for error messages.
 
     Raises:
-        ValueError: a record lacks a key, or the list is empty.
+        ValueError: a record lacks a key or has a color that is not an RGB triple, or the list is empty.
     """
     if len(categories) == 0:
         raise ValueError(f"{source}: the category list is empty; a dataset needs at least one category.")
-    names, synonyms, is_thing, ids, colors = [], [], [], [], []
+    names, synonyms, is_thing, ids = [], [], [], []
+    colors: list[tuple[int, int, int] | None] = []
     for k, cat in enumerate(categories):
         missing = [key for key in ("id", "name", "isthing") if key not in cat]
         if missing:
@@ -131,7 +132,9 @@ def vocabulary_from_categories(
         is_thing.append(bool(cat["isthing"]))
         ids.append(int(cat["id"]))
         color = cat.get("color")
-        colors.append(tuple(int(c) for c in color) if color is not None else None)
+        if color is not None and len(color) != 3:
+            raise ValueError(f"{source}: category #{k} has color {color!r}; give one [R, G, B] triple.")
+        colors.append((int(color[0]), int(color[1]), int(color[2])) if color is not None else None)
     fallback = Vocabulary.from_names([f"class {i}" for i in range(len(names))]).colors
     return Vocabulary(
         names=tuple(names),

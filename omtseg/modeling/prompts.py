@@ -14,13 +14,13 @@ image tokens and L text tokens. Measured with the packaged vocabularies (entries
 COCO panoptic 133 classes / 188 entries / 611 tokens, ADE20K-150 225 / 740, Pascal Context-59 160 / 509,
 Pascal Context-459 559 / 1857, ADE20K-847 1341 / 4720, Pascal VOC-20 79 / 258 (about 3.3 tokens per entry).
 The entries are therefore packed, whole and in order, into chunks of at most ``max_text_tokens`` tokens
-(default 1022, the whole position table) whose positions restart at 0. The segmenter runs one backbone pass per chunk with the image,
-concatenates the ``<WLS>`` features and averages the image features over the chunks. Cost is linear in the
-number of chunks C (about tokens / (max_text_tokens - 2)): C passes of O((Nv + max_text_tokens)^2 D)
-attention and O((Nv + max_text_tokens) D^2) projections per block; memory is bounded by one chunk. At the
-default, COCO (the training vocabulary), ADE20K-150 and Context-59 are one joint pass, as in the paper, and
-ADE20K-847 takes five; a smaller value (e.g. 256: COCO 3 passes, ADE20K-847 19) bounds memory further at
-the cost of more passes. Small vocabularies are always one chunk.
+(default 1022, the whole position table) whose positions restart at 0. The segmenter runs one backbone pass
+per chunk with the image, concatenates the ``<WLS>`` features and averages the image features over the chunks.
+Cost is linear in the number of chunks C (about tokens / (max_text_tokens - 2)): C passes of
+O((Nv + max_text_tokens)^2 D) attention and O((Nv + max_text_tokens) D^2) projections per block; memory is
+bounded by one chunk. At the default, COCO (the training vocabulary), ADE20K-150 and Context-59 are one joint
+pass, as in the paper, and ADE20K-847 takes five; a smaller value (e.g. 256: COCO 3 passes, ADE20K-847 19)
+bounds memory further at the cost of more passes. Small vocabularies are always one chunk.
 
 Training vocabularies are sampled and shuffled per batch by :func:`sample_vocabulary`, so that no class owns
 a fixed text position.
