@@ -2,10 +2,11 @@
 
 Output layout under ``output_dir``::
 
-    panoptic.json              COCO panoptic predictions (annotations + categories of the vocabulary)
+    panoptic.json              COCO panoptic predictions (annotations + categories of the vocabulary);
+                               with a captioner, every ``segments_info`` entry also holds its ``caption``
     panoptic/<stem>.png        segment ids as R + 256 G + 256^2 B
     semantic/<stem>.png        per-pixel category id (uint8, or uint16 for ids above 255)
-    overlays/<stem>.png        the image with colored segments and class names
+    overlays/<stem>.png        the image with colored segments, class names (and captions)
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from omtseg.caption_module import load_captioner
+from omtseg.captioning import caption_results
 from omtseg.evaluation.export import export_panoptic_predictions
-from omtseg.io import read_image, save_image, save_json
+from omtseg.io import load_json, read_image, save_image, save_json
+from omtseg.modeling.captioner import SegmentCaptioner
 from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
 from omtseg.visualize import overlay_panoptic, overlay_semantic
 
@@ -69,6 +73,9 @@ class PanopticPredictionWriter(BasePredictionWriter):
             short side reaches this many pixels, so that class names stay readable on tiny images.
         image_dir: folder of the original images (``info.file_name`` is relative to it); overlays are
             then drawn on the files at full quality instead of on the resized batch images.
+        captioner_ckpt: a captioner saved by :func:`~omtseg.caption_module.save_captioner` for the
+            segmenter being run; every panoptic segment then gets a caption (JSON and overlays).
+        caption_max_tokens: caption length limit in tokens.
     """
 
     def __init__(
@@ -79,6 +86,8 @@ class PanopticPredictionWriter(BasePredictionWriter):
         overlay_alpha: float = 0.55,
         overlay_min_side: int = 256,
         image_dir: str | None = None,
+        captioner_ckpt: str | None = None,
+        caption_max_tokens: int = 20,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
@@ -86,11 +95,56 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self.overlay_alpha = overlay_alpha
         self.overlay_min_side = overlay_min_side
         self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.captioner_ckpt = captioner_ckpt
+        self.caption_max_tokens = caption_max_tokens
         self._vocabulary: Vocabulary | None = None
+        self._captioner: SegmentCaptioner | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
         self._vocabulary = None
+        if self.captioner_ckpt is not None and self._captioner is None:
+            captioner, config = load_captioner(self.captioner_ckpt)
+            width = pl_module.model.decoder.decoder_norm.normalized_shape[0]
+            query_dim = config.get("query_dim", 256)
+            if query_dim != width:
+                raise ValueError(
+                    f"The captioner in {self.captioner_ckpt} reads {query_dim}-wide decoder queries but this "
+                    f"segmenter's are {width} wide; use the captioner trained on this segmenter."
+                )
+            self._captioner = captioner.to(pl_module.device)
+
+    def _caption(self, pl_module: L.LightningModule, prediction: Sequence[ImageResult], batch: Batch) -> None:
+        """Set ``caption`` on every panoptic segment of ``prediction``.
+
+        The captioner needs the segmenter's features, which ``predict_step`` does not return: the segmenter
+        runs once more here (same weights, eval mode, so the same segments come out).
+        """
+        assert self._captioner is not None
+        captioned = caption_results(
+            pl_module.model, self._captioner, batch, max_new_tokens=self.caption_max_tokens
+        )
+        for result, other in zip(prediction, captioned, strict=True):
+            if result.panoptic is None or other.panoptic is None:
+                continue
+            texts = {s.id: s.caption for s in other.panoptic.segments}
+            for seg in result.panoptic.segments:
+                seg.caption = texts.get(seg.id)
+
+    @staticmethod
+    def _add_captions(json_path: Path, prediction: Sequence[ImageResult]) -> None:
+        """Write each segment's caption into its ``segments_info`` entry of a partial JSON."""
+        texts = {
+            (r.info.image_id, s.id): s.caption
+            for r in prediction
+            if r.panoptic is not None
+            for s in r.panoptic.segments
+        }
+        data = load_json(json_path)
+        for ann in data["annotations"]:
+            for entry in ann["segments_info"]:
+                entry["caption"] = texts.get((ann["image_id"], entry["id"]))
+        save_json(data, json_path)
 
     def write_on_batch_end(
         self,
@@ -107,14 +161,18 @@ class PanopticPredictionWriter(BasePredictionWriter):
             raise ValueError("The vocabulary changed between prediction batches; predict with one at a time.")
         self._vocabulary = vocabulary
         rank, out = trainer.global_rank, self.output_dir
+        if self._captioner is not None:
+            self._caption(pl_module, prediction, batch)
         panoptic = [(r.info, r.panoptic) for r in prediction if r.panoptic is not None]
         if panoptic:
-            export_panoptic_predictions(
+            part = export_panoptic_predictions(
                 panoptic,
                 vocabulary=vocabulary,
                 json_path=out / _PARTS / f"{dataloader_idx}_{rank}_{batch_idx:08d}.json",
                 folder=out / "panoptic",
             )
+            if self._captioner is not None:
+                self._add_captions(part, prediction)
         category_ids = np.asarray(vocabulary.category_ids)
         dtype = np.uint8 if category_ids.max() < 256 else np.uint16
         for image, result in zip(batch.images, prediction, strict=True):

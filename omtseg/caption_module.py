@@ -6,7 +6,9 @@ region is paired with the decoder query whose mask overlaps it most (see :mod:`o
 Validation writes captions greedily and logs ``val/cider_d`` and ``val/bleu_4`` (and METEOR where Java runs).
 
 Checkpoints hold the captioner (the LM included, so a checkpoint is self-contained) and the segmenter's
-weights as loaded, so a ``.ckpt`` alone restores the whole captioning system.
+weights as loaded, so a ``.ckpt`` alone restores the whole captioning system. For ``omtseg predict
+--captioner_ckpt``, :func:`save_captioner` writes the captioner alone with the arguments that rebuild it, and
+:func:`load_captioner` restores it next to any segmenter of matching widths.
 """
 
 from __future__ import annotations
@@ -63,6 +65,61 @@ def load_segmenter_checkpoint(segmenter: OMTSeg, path: str | Path) -> None:
             f"{path} does not fit this segmenter (missing {result.missing_keys[:5]}, unexpected "
             f"{result.unexpected_keys[:5]}); configure the segmenter as it was trained."
         )
+
+
+CAPTIONER_FORMAT = 1
+
+
+def save_captioner(captioner: SegmentCaptioner, config: dict[str, Any], path: str | Path) -> Path:
+    """Write a captioner checkpoint for :func:`load_captioner` (``omtseg predict --captioner_ckpt``).
+
+    Args:
+        captioner: the trained captioner.
+        config: the keyword arguments it was built with. ``language_model`` names the directory its
+            tokenizer and architecture are read from at load time (the weights are saved here); one inside
+            the checkpoint's folder is stored relative to it, so the folder can move as a whole.
+        path: the ``.ckpt`` file to write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lm = Path(config["language_model"]).resolve()
+    if lm.is_relative_to(path.parent.resolve()):
+        lm = lm.relative_to(path.parent.resolve())
+    config = {**config, "language_model": str(lm)}
+    torch.save(
+        {"omtseg_captioner": CAPTIONER_FORMAT, "config": config, "state_dict": captioner.state_dict()}, path
+    )
+    return path
+
+
+def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
+    """Rebuild a captioner saved by :func:`save_captioner`, in eval mode.
+
+    Returns:
+        The captioner and the keyword arguments it was built with.
+
+    Raises:
+        FileNotFoundError: the checkpoint or the language model directory it names is missing.
+        ValueError: the file is not a captioner checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Captioner checkpoint not found: {path}; give a file written by save_captioner."
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "omtseg_captioner" not in ckpt:
+        raise ValueError(
+            f"{path} is not a captioner checkpoint (no 'omtseg_captioner' entry); write one with "
+            "omtseg.caption_module.save_captioner (the demo saves captioner.ckpt)."
+        )
+    config = ckpt["config"]
+    # A relative language model directory lies next to the checkpoint (see save_captioner).
+    lm = Path(config["language_model"])
+    config = {**config, "language_model": str(lm if lm.is_absolute() else path.parent / lm)}
+    captioner = SegmentCaptioner(**config)
+    captioner.load_state_dict(ckpt["state_dict"])
+    return captioner.eval(), config
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -8,6 +8,8 @@ so a model file may derive values from the trainer file of the same recipe.
 The prediction writer is always present (``--prediction_writer.output_dir``); it only acts in ``predict``.
 ``--vocabulary_file`` gives the classes to segment in ``predict`` as a text file (see
 :func:`read_vocabulary_file`); ``--data.predict_class_names`` gives them on the command line.
+``--captioner_ckpt`` (a captioner saved by :func:`omtseg.caption_module.save_captioner` for the same
+segmenter) adds a caption to every predicted segment, in ``panoptic.json`` and in the overlays.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ class OMTSegCLI(LightningCLI):
             help="Text file of the classes to segment in predict (one per line, 'a, b' = synonyms, "
             "'stuff: sky' = a stuff class); sets data.predict_class_names/predict_stuff_names.",
         )
+        parser.add_argument(
+            "--captioner_ckpt",
+            type=str | None,
+            default=None,
+            help="Captioner checkpoint (omtseg.caption_module.save_captioner) for the segmenter of "
+            "--ckpt_path: predict then captions every segment; sets prediction_writer.captioner_ckpt.",
+        )
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -79,6 +88,13 @@ class OMTSegCLI(LightningCLI):
         if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # The configs ship a RichProgressBar; asking for no bar should not be an error.
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+        if config.get("captioner_ckpt"):
+            if not Path(config.captioner_ckpt).is_file():
+                raise FileNotFoundError(
+                    f"Captioner checkpoint not found: {config.captioner_ckpt}; give the captioner.ckpt that "
+                    "omtseg.demo (or omtseg.caption_module.save_captioner) wrote."
+                )
+            config.prediction_writer.captioner_ckpt = config.captioner_ckpt
         if not config.get("vocabulary_file"):
             return
         things, stuff = read_vocabulary_file(config.vocabulary_file)

@@ -6,6 +6,11 @@ Every stage goes through the same CLI a user runs (``omtseg fit|test|predict``).
 ``metrics.json`` (test metrics, the val/pq learning curve, wall time), ``learning_curve.png``,
 ``predict_synthetic/`` and ``predict_coco/`` (COCO-panoptic PNG + JSON, semantic PNGs, overlays), and
 ``train/`` (checkpoints, CSV and TensorBoard logs).
+
+Then segment captioning: a captioner is trained over the frozen segmenter on synthetic region descriptions
+(``captioner.ckpt``, ``caption_lm/``), scored on the val split (``caption`` in ``metrics.json``), and the
+held-out synthetic images are predicted with ``--captioner_ckpt``, so their segments carry captions in
+``predict_synthetic/panoptic.json`` and in the overlays.
 """
 
 from __future__ import annotations
@@ -18,13 +23,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
+from omtseg.caption_module import SegmentCaptionModule, load_segmenter_checkpoint, save_captioner
 from omtseg.cli import build_cli
+from omtseg.data.captions import PanopticRegionCaptions, collate_regions, synthetic_caption_words
+from omtseg.data.coco_panoptic import CocoPanopticDataset
+from omtseg.data.transforms import EvalTransform
 from omtseg.data.vocabulary import load_vocabulary
+from omtseg.evaluation.caption import evaluate_captions
 from omtseg.io import save_image, save_json
+from omtseg.modeling.captioner import SegmentCaptioner, make_word_level_lm
+from omtseg.modeling.segmenter import OMTSeg
 from omtseg.visualize import line_plot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +59,8 @@ def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
     """Train with ``config_args`` (``--config`` files and overrides), then test the best checkpoint.
 
     Returns:
-        ``{"best_checkpoint", "curve" (val/pq per validation), "test" (test/* metrics), "fit_s", "test_s"}``.
+        ``{"best_checkpoint", "segmenter" (the trained OMTSeg), "data_root", "curve" (val/pq per validation),
+        "test" (test/* metrics), "fit_s", "test_s"}``.
     """
     start = time.perf_counter()
     cli = build_cli(["fit", *config_args, "--trainer.default_root_dir", str(run_dir)])
@@ -64,11 +79,106 @@ def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
     test = {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
     return {
         "best_checkpoint": best,
+        "segmenter": cli.model.model,
         "data_root": str(cli.datamodule.root),
         "curve": curve,
         "test": test,
         "fit_s": fit_s,
         "test_s": time.perf_counter() - start,
+    }
+
+
+def region_captions(data_root: Path, split: str, image_size: int) -> PanopticRegionCaptions:
+    """The synthetic ``split`` as regions (:func:`~omtseg.data.captions.synthetic_region_captions`)."""
+    base = CocoPanopticDataset(
+        image_dir=data_root / "images" / split,
+        panoptic_dir=data_root / "panoptic" / split,
+        panoptic_json=data_root / f"panoptic_{split}.json",
+        categories_json=data_root / "categories.json",
+        transform=EvalTransform(size=image_size),
+    )
+    return PanopticRegionCaptions(dataset=base, vocabulary=base.vocabulary, captions="synthetic")
+
+
+def train_captioner(
+    segmenter: OMTSeg,
+    segmenter_ckpt: str,
+    data_root: Path,
+    out: Path,
+    *,
+    image_size: int = 64,
+    max_steps: int = 250,
+    batch_size: int = 8,
+    num_examples: int = 5,
+) -> dict[str, Any]:
+    """Train a captioner over the frozen segmenter on the synthetic train split, score it on val, save it.
+
+    Args:
+        segmenter: the segmenter as configured for training (its best weights are loaded from
+            ``segmenter_ckpt``).
+        segmenter_ckpt: the ``omtseg fit`` checkpoint to caption with.
+        data_root: the synthetic dataset folder.
+        out: gets ``caption_lm/`` (the language model) and ``captioner.ckpt``.
+        image_size: the synthetic images' side in pixels.
+        max_steps: optimizer steps.
+        batch_size: images per step (all their segments are captioned).
+        num_examples: (prediction, reference) pairs kept for the report.
+
+    Returns:
+        ``{"checkpoint", "scores" (bleu_1..4, cider_d on val), "examples", "train_s"}``.
+    """
+    start = time.perf_counter()
+    train = region_captions(data_root, "train", image_size)
+    val = region_captions(data_root, "val", image_size)
+    lm_dir = make_word_level_lm(out / "caption_lm", synthetic_caption_words(train.vocabulary), width=64)
+    width = segmenter.decoder.decoder_norm.normalized_shape[0]
+    config: dict[str, Any] = dict(
+        language_model=str(lm_dir),
+        feature_dim=segmenter.pixel_decoder.conv_dim,
+        query_dim=width,
+        width=128,
+        num_layers=4,
+        num_heads=4,
+        ffn_dim=256,
+        # A random tiny LM knows no language to keep: it must learn the captions' words with the mixer.
+        freeze_language_model=False,
+    )
+    L.seed_everything(0, verbose=False)
+    load_segmenter_checkpoint(segmenter, segmenter_ckpt)
+    module = SegmentCaptionModule(
+        segmenter=segmenter,
+        captioner=SegmentCaptioner(**config),
+        class_names=list(train.vocabulary.names),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+        max_new_tokens=16,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        default_root_dir=out / "caption_train",
+    )
+    trainer.fit(module, DataLoader(train, batch_size=batch_size, shuffle=True, collate_fn=collate_regions))
+    module.eval()
+    predictions: dict[str, str] = {}
+    references: dict[str, list[str]] = {}
+    for batch in DataLoader(val, batch_size=batch_size, collate_fn=collate_regions):
+        for rid, text, refs in zip(batch.region_ids, module.caption(batch), batch.captions, strict=True):
+            predictions[rid], references[rid] = text, refs
+    scores = evaluate_captions(predictions, references, java_metrics=False).scores
+    checkpoint = save_captioner(module.captioner, config, out / "captioner.ckpt")
+    return {
+        "checkpoint": str(checkpoint),
+        "scores": {k: round(v, 4) for k, v in scores.items()},
+        "examples": [
+            {"prediction": predictions[k], "reference": references[k][0]}
+            for k in list(predictions)[:num_examples]
+        ],
+        "train_s": round(time.perf_counter() - start, 1),
     }
 
 
@@ -110,8 +220,12 @@ def run(config: Path, out: Path) -> dict[str, Any]:
         ),
         out / "learning_curve.png",
     )
-    ckpt = result["best_checkpoint"]
-    predict(config_args, ckpt, Path(result["data_root"]) / "images" / "test", out / "predict_synthetic")
+    ckpt, data_root = result["best_checkpoint"], Path(result["data_root"])
+    caption = train_captioner(result.pop("segmenter"), ckpt, data_root, out)
+    predict(
+        config_args, ckpt, data_root / "images" / "test", out / "predict_synthetic",
+        "--captioner_ckpt", caption["checkpoint"],
+    )
     things, stuff = coco_names()
     predict(
         config_args, ckpt, COCO_SAMPLE / "images", out / "predict_coco",
@@ -124,6 +238,7 @@ def run(config: Path, out: Path) -> dict[str, Any]:
         "fit_s": round(result["fit_s"], 1),
         "best_val_pq": max((c["val/pq"] for c in curve), default=None),
         "test": result["test"],
+        "caption": caption,
         "learning_curve": curve,
         "best_checkpoint": ckpt,
         "learning_curve_png": str(out / "learning_curve.png"),
@@ -148,7 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\nDemo done in {metrics['wall_time_s']:.0f} s. Test PQ {test.get('test/pq', float('nan')):.1f} "
         f"(SQ {test.get('test/sq', float('nan')):.1f}, RQ {test.get('test/rq', float('nan')):.1f}, "
-        f"mIoU {test.get('test/miou', float('nan')):.1f}); best val PQ {metrics['best_val_pq']:.1f}.\n"
+        f"mIoU {test.get('test/miou', float('nan')):.1f}); best val PQ {metrics['best_val_pq']:.1f}; "
+        f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f}, "
+        f"BLEU-4 {metrics['caption']['scores']['bleu_4']:.2f}.\n"
         f"  metrics:        {args.out / 'metrics.json'}\n"
         f"  learning curve: {metrics['learning_curve_png']}\n"
         f"  overlays:       {metrics['overlays'][0]}\n"

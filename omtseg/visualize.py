@@ -1,7 +1,9 @@
-"""Pictures for people: segments blended over the image with class names, and small line plots (PIL only)."""
+"""Pictures for people: segments blended over the image with class names (and segment captions), and small
+line plots (PIL only)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,6 +41,13 @@ def _boundaries(ids: np.ndarray) -> np.ndarray:
     edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
     edge[1:, :] |= ids[1:, :] != ids[:-1, :]
     return edge
+
+
+def _label_text(name: str, caption: str | None, picture_width: int) -> str:
+    """The class name, then the caption wrapped to the picture's width (the default font is ~6 px a char)."""
+    if not caption:
+        return name
+    return "\n".join([name, *textwrap.wrap(caption, width=max(picture_width // 6 - 1, 8))])
 
 
 def _draw_labels(picture: Image.Image, labels: Sequence[tuple[str, tuple[int, int]]]) -> None:
@@ -79,6 +88,7 @@ def overlay_panoptic(
     *,
     alpha: float = 0.55,
     labels: bool = True,
+    captions: bool = True,
 ) -> np.ndarray:
     """Blend each panoptic segment in its class color over the image and write its class name on it.
 
@@ -89,6 +99,7 @@ def overlay_panoptic(
         vocabulary: names and colors.
         alpha: color opacity in [0, 1].
         labels: write class names.
+        captions: with ``labels``, write each segment's ``caption`` (when set) under its class name.
 
     Returns:
         (H, W, 3) uint8 picture.
@@ -106,7 +117,9 @@ def overlay_panoptic(
         seen[seg.label] = index + 1
         colors[mask] = _jitter(vocabulary.colors[seg.label], index)
         if labels:
-            texts.append((vocabulary.names[seg.label], _label_anchor(mask)))
+            caption = seg.caption if captions else None
+            text = _label_text(vocabulary.names[seg.label], caption, ids.shape[1])
+            texts.append((text, _label_anchor(mask)))
     picture = Image.fromarray(_blend(image, colors, ids > 0, _boundaries(ids), alpha))
     _draw_labels(picture, texts)
     return np.asarray(picture)

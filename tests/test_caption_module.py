@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from omtseg.caption_module import SegmentCaptionModule, load_segmenter_checkpoint
+from omtseg.caption_module import (
+    SegmentCaptionModule,
+    load_captioner,
+    load_segmenter_checkpoint,
+    save_captioner,
+)
 from omtseg.captioning import caption_prompt, caption_results, match_queries, segmenter_pass
 from omtseg.data.captions import PanopticRegionCaptions, collate_regions, synthetic_caption_words
 from omtseg.data.coco_panoptic import CocoPanopticDataset
@@ -179,3 +185,28 @@ def test_prompted_captions(lm_dir: Path) -> None:
         caption_prompt(seg, cap, batch, max_new_tokens=4)
     with pytest.raises(ValueError, match="outside"):
         caption_prompt(seg, cap, batch, point=(400, 3))
+
+
+def test_captioner_checkpoint_round_trip_and_errors(lm_dir: Path, tmp_path: Path) -> None:
+    config: dict[str, Any] = dict(
+        language_model=str(lm_dir), feature_dim=32, query_dim=32, width=32, num_layers=3, num_heads=2,
+        ffn_dim=64,
+    )
+    torch.manual_seed(1)
+    source = SegmentCaptioner(**config)
+    with torch.no_grad():
+        source.no_query.add_(1.0)
+    path = save_captioner(source, config, tmp_path / "cap" / "captioner.ckpt")
+    loaded, loaded_config = load_captioner(path)
+    assert loaded_config["query_dim"] == 32 and not loaded.training
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
+    # a language model inside the checkpoint's folder is found again after the folder moves
+    shutil.copytree(lm_dir, tmp_path / "cap" / "lm")
+    save_captioner(source, {**config, "language_model": tmp_path / "cap" / "lm"}, path)
+    moved = shutil.move(tmp_path / "cap", tmp_path / "moved")
+    assert torch.equal(load_captioner(Path(moved) / "captioner.ckpt")[0].no_query, source.no_query)
+    with pytest.raises(FileNotFoundError, match="Captioner checkpoint not found"):
+        load_captioner(tmp_path / "missing.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="not a captioner checkpoint"):
+        load_captioner(tmp_path / "other.ckpt")

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import numpy as np
@@ -13,8 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from omtseg.caption_module import save_captioner
 from omtseg.cli import main as _main
 from omtseg.cli import read_vocabulary_file
+from omtseg.data.captions import synthetic_caption_words
+from omtseg.data.synthetic import synthetic_vocabulary
+from omtseg.modeling.captioner import SegmentCaptioner, make_word_level_lm
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -140,6 +145,34 @@ def test_predict_writes_panoptic_semantic_and_overlays(trained: tuple[Path, Path
     assert not (out / ".panoptic_parts").exists()
 
 
+def test_predict_with_a_captioner_writes_captions(trained: tuple[Path, Path]) -> None:
+    root, _ = trained
+    lm = make_word_level_lm(root / "lm", synthetic_caption_words(synthetic_vocabulary()), width=32)
+    # An untrained captioner for the recipe's segmenter (64-wide features and queries): any words will do.
+    config: dict[str, Any] = dict(
+        language_model=str(lm), feature_dim=64, query_dim=64, width=32, num_layers=3, num_heads=2, ffn_dim=64
+    )
+    torch.manual_seed(0)
+    captioner = save_captioner(SegmentCaptioner(**config), config, root / "captioner.ckpt")
+    images, out = root / "data" / "images" / "test", root / "captioned"
+    common = [
+        "--data.init_args.predict_image_dir", str(images),
+        "--prediction_writer.output_dir", str(out),
+        "--prediction_writer.caption_max_tokens", "4",
+        # The 4-step segmenter masks nothing yet; a randomly initialised one, with every query kept, does.
+        "--model.model.init_args.object_threshold", "0.0",
+        "--model.model.init_args.overlap_threshold", "0.0",
+    ]
+    main(_args("predict", root, root / "predict_cap", *common, "--captioner_ckpt", str(captioner)))
+    annotations = json.loads((out / "panoptic.json").read_text())["annotations"]
+    segments = [s for a in annotations for s in a["segments_info"]]
+    assert segments and all(isinstance(s["caption"], str) for s in segments)
+    assert all(len(s["caption"].split()) <= 4 for s in segments)
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000000.png", "000001.png"]
+    with pytest.raises(FileNotFoundError, match="Captioner checkpoint not found"):
+        main(_args("predict", root, root / "none", *common, "--captioner_ckpt", str(root / "none.ckpt")))
+
+
 def test_predict_errors_are_clear(trained: tuple[Path, Path], tmp_path: Path) -> None:
     root, run = trained
     ckpt = str(run / "checkpoints" / "last.ckpt")
@@ -166,5 +199,7 @@ def test_read_vocabulary_file(tmp_path: Path) -> None:
 
 def test_prepare_command_goes_through_the_console_entry(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as excinfo:
-        _main(["prepare", "pascal_voc_20", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "root")])
+        _main(
+            ["prepare", "pascal_voc_20", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "root")]
+        )
     assert excinfo.value.code == 2

@@ -1,11 +1,16 @@
-"""The demo's and the ablation's own logic: reading the learning curve and writing the results table."""
+"""The demo's and the ablation's own logic: the learning curve, the results table, the captioner stage."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from omtseg.ablate import results_table
-from omtseg.demo import coco_names, learning_curve
+from omtseg.caption_module import load_captioner
+from omtseg.data.synthetic import make_synthetic_panoptic
+from omtseg.demo import coco_names, learning_curve, region_captions, train_captioner
+from omtseg.modeling.segmenter import OMTSeg
 
 
 def test_learning_curve_reads_validation_rows(tmp_path: Path) -> None:
@@ -35,3 +40,31 @@ def test_coco_vocabulary_for_the_sample_images() -> None:
     things, stuff = coco_names()
     assert len(things) == 80 and len(stuff) == 53
     assert "person, people, human" in things
+
+
+def test_train_captioner_saves_a_loadable_captioner_and_scores_val(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_synthetic_panoptic(root, 2, image_size=64, seed=1, split="train")
+    make_synthetic_panoptic(root, 1, image_size=64, seed=2, split="val")
+    torch.manual_seed(0)
+    segmenter = OMTSeg(
+        backbone="tiny", img_size=64, adapter_channels=32, conv_dim=32, mask_dim=16,
+        num_pixel_decoder_layers=1,
+        hidden_dim=32, num_queries=6, num_decoder_layers=2, num_heads=4, decoder_feedforward=48,
+        pixel_decoder_feedforward=48,
+    )
+    ckpt = tmp_path / "seg.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in segmenter.state_dict().items()}}, ckpt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train_captioner(segmenter, str(ckpt), root, tmp_path / "out", max_steps=2, num_examples=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result["scores"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d"}
+    val_regions = len(region_captions(root, "val", 64)[0].captions)
+    assert len(result["examples"]) == min(3, val_regions)
+    assert all(isinstance(e["prediction"], str) and e["reference"] for e in result["examples"])
+    captioner, config = load_captioner(result["checkpoint"])
+    assert config["feature_dim"] == 32 and config["query_dim"] == 32 and not config["freeze_language_model"]
+    assert captioner.query_proj.in_features == 32

@@ -81,3 +81,14 @@ def test_line_plot_draws_series() -> None:
     assert (out != empty).any(-1).sum() > 50
     one = line_plot({"a": [(3, 1.0)]}, size=(100, 80))  # a single point still plots
     assert one.shape == (80, 100, 3)
+
+
+def test_panoptic_overlay_writes_captions_under_names() -> None:
+    image, ids, segs = _scene(96, 128)
+    named = overlay_panoptic(image, ids, segs, VOCAB)
+    segs[2].caption = "green grass at the bottom of a very long caption that must wrap"
+    captioned = overlay_panoptic(image, ids, segs, VOCAB)
+    assert (captioned != named).any(-1).sum() > 100  # the caption lines are drawn
+    np.testing.assert_array_equal(overlay_panoptic(image, ids, segs, VOCAB, captions=False), named)
+    np.testing.assert_array_equal(overlay_panoptic(image, ids, segs, VOCAB, labels=False),
+                                  overlay_panoptic(image, ids, segs, VOCAB, labels=False, captions=False))
