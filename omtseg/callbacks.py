@@ -29,6 +29,7 @@ from omtseg.captioning import caption_results
 from omtseg.evaluation.export import export_panoptic_predictions
 from omtseg.io import load_json, read_image, save_image, save_json
 from omtseg.modeling.captioner import SegmentCaptioner
+from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
 from omtseg.visualize import overlay_panoptic, overlay_semantic
 
@@ -57,6 +58,15 @@ def original_image(image: torch.Tensor, info: ImageInfo) -> np.ndarray:
 def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
     """(H, W, ...) -> (scale H, scale W, ...) by pixel repetition (keeps ids and labels exact)."""
     return array.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _segmenter(pl_module: L.LightningModule) -> OMTSeg:
+    model = getattr(pl_module, "model", None)
+    if not isinstance(model, OMTSeg):
+        raise ValueError(
+            f"Captioning needs an OMTSeg as the LightningModule's `model`, got {type(model).__name__}."
+        )
+    return model
 
 
 class PanopticPredictionWriter(BasePredictionWriter):
@@ -105,7 +115,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self._vocabulary = None
         if self.captioner_ckpt is not None and self._captioner is None:
             captioner, config = load_captioner(self.captioner_ckpt)
-            width = pl_module.model.decoder.decoder_norm.normalized_shape[0]
+            width = _segmenter(pl_module).decoder.decoder_norm.normalized_shape[0]
             query_dim = config.get("query_dim", 256)
             if query_dim != width:
                 raise ValueError(
@@ -122,7 +132,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         """
         assert self._captioner is not None
         captioned = caption_results(
-            pl_module.model, self._captioner, batch, max_new_tokens=self.caption_max_tokens
+            _segmenter(pl_module), self._captioner, batch, max_new_tokens=self.caption_max_tokens
         )
         for result, other in zip(prediction, captioned, strict=True):
             if result.panoptic is None or other.panoptic is None:
