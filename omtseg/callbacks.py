@@ -94,7 +94,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         output_dir: str = "outputs/predict",
         overlays: bool = True,
         overlay_alpha: float = 0.55,
-        overlay_min_side: int = 256,
+        overlay_min_side: int = 512,
         image_dir: str | None = None,
         captioner_ckpt: str | None = None,
         caption_max_tokens: int = 20,
