@@ -139,7 +139,7 @@ def test_predict_writes_panoptic_semantic_and_overlays(trained: tuple[Path, Path
     assert sorted(a["file_name"] for a in panoptic["annotations"]) == ["000000.png", "000001.png"]
     for name in ("000000.png", "000001.png"):
         for folder in ("panoptic", "semantic", "overlays"):
-            assert Image.open(out / folder / name).size == ((256, 256) if folder == "overlays" else (64, 64))
+            assert Image.open(out / folder / name).size == ((512, 512) if folder == "overlays" else (64, 64))
         semantic = np.asarray(Image.open(out / "semantic" / name))
         assert set(np.unique(semantic).tolist()) <= {1, 2, 3, 4}  # category ids of the 4 classes
     assert not (out / ".panoptic_parts").exists()
