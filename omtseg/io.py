@@ -1,13 +1,15 @@
 """File helpers shared by data and evaluation: panoptic PNG ids, image reading, atomic writes.
 
-Imports nothing from the rest of the package, so every layer may use it.
+Imports nothing from the rest of the package (but its optional native extension), so every layer may use it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,18 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+try:  # built from omtseg/_pngids.c at install time; optional (no C compiler -> the PIL path below)
+    from omtseg import _pngids
+except ImportError:  # pragma: no cover - depends on the install
+    _pngids = None  # type: ignore[assignment]
+try:  # zlib-ng inflates the long-run streams of segment maps ~20x faster than the system zlib
+    from zlib_ng import zlib_ng as _inflate
+except ImportError:  # pragma: no cover - depends on the install
+    _inflate = zlib  # type: ignore[assignment]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PIECE_BYTES = 64 * 1024  # inflate this much at a time: below malloc's mmap threshold, reused from the heap
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
@@ -58,7 +72,104 @@ def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
 
 def read_panoptic_png(path: str | os.PathLike[str]) -> np.ndarray:
     """A COCO-panoptic PNG as (H, W) int64 segment ids (0 = void)."""
-    return rgb2id(read_image(path, mode="RGB"))
+    return read_panoptic_ids(path).astype(np.int64)
+
+
+def read_panoptic_ids(path: str | os.PathLike[str], out: np.ndarray | None = None) -> np.ndarray:
+    """A COCO-panoptic PNG as (H, W) uint32 segment ids ``R + 256 G + 256^2 B`` (0 = void; alpha ignored).
+
+    8-bit RGB/RGBA PNGs without interlacing (what panopticapi, detectron2 and PIL write) are decoded by
+    :func:`decode_panoptic_png`: zlib-ng inflates, the native extension undoes the row filters. Anything
+    else (palette or 16-bit PNGs, no native extension, a damaged file) goes through PIL, which also
+    produces the error for a corrupt file. Both give the same ids.
+
+    Args:
+        path: the PNG file.
+        out: optional (H, W) uint32 array the fast path decodes into (see :func:`decode_panoptic_png`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}. Check the dataset root and file name.")
+    ids = decode_panoptic_png(path.read_bytes(), out)
+    if ids is None:
+        rgba = read_image(path, mode="RGBA")
+        ids = (rgba[..., 0].astype(np.uint32) | (rgba[..., 1].astype(np.uint32) << 8)) | (
+            rgba[..., 2].astype(np.uint32) << 16
+        )
+    return ids
+
+
+def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Segment ids of an in-memory 8-bit RGB/RGBA non-interlaced PNG, or None where this fast path does not
+    apply (another PNG kind, no native extension) or the data are damaged (bad chunk CRC, zlib error, short
+    stream, unknown filter): callers then read the file with PIL, which raises a proper error.
+
+    The stream is inflated a few dozen rows at a time and each piece unfiltered at once, so no buffer of
+    the whole inflated image is ever allocated: on virtual machines the page faults of a fresh megabyte
+    buffer per image cost several times the decoding itself.
+
+    Args:
+        data: the PNG file's bytes.
+        out: optional (H, W) uint32 array to decode into (reused across images by evaluation loops);
+            ignored when its shape differs from the image's.
+
+    Returns:
+        (H, W) uint32 ids ``R + 256 G + 256^2 B`` (``out`` when it was used).
+    """
+    if _pngids is None or not data.startswith(_PNG_SIGNATURE):
+        return None
+    view = memoryview(data)
+    header, chunks, pos = None, [], len(_PNG_SIGNATURE)
+    while True:
+        if pos + 12 > len(data):
+            return None  # no IEND: truncated
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, end = data[pos + 4 : pos + 8], pos + 12 + length
+        if end > len(data):
+            return None  # truncated
+        if zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+            return None  # damaged
+        if kind == b"IHDR" and length == 13:
+            header = struct.unpack_from(">IIBBBBB", data, pos + 8)
+        elif kind == b"IDAT":
+            chunks.append(view[pos + 8 : end - 4])
+        elif kind == b"IEND":
+            break
+        pos = end
+    if header is None or not chunks:
+        return None
+    width, height, depth, color_type, compression, filter_method, interlace = header
+    if depth != 8 or color_type not in (2, 6) or compression or filter_method or interlace:
+        return None
+    if not width or not height:
+        return None
+    channels = 3 if color_type == 2 else 4
+    if out is None or out.shape != (height, width) or out.dtype != np.uint32 or not out.flags.c_contiguous:
+        out = np.empty((height, width), dtype=np.uint32)
+    row_bytes = width * channels + 1
+    rows_per_piece = max(1, _PIECE_BYTES // row_bytes)
+    previous = bytearray(width * channels)
+    inflater = _inflate.decompressobj()
+    pending: bytes | memoryview = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    row = 0
+    try:
+        while row < height:
+            want = min(rows_per_piece, height - row) * row_bytes
+            piece = inflater.decompress(pending, want)
+            pending = inflater.unconsumed_tail
+            while len(piece) < want and pending:  # not expected from zlib, but cheap to allow
+                piece += inflater.decompress(pending, want - len(piece))
+                pending = inflater.unconsumed_tail
+            if len(piece) != want:
+                return None  # the stream ends early
+            row += _pngids.unfilter_ids(piece, width, channels, previous, out, row)
+    except (zlib.error, _inflate.error, ValueError):
+        return None
+    return out
 
 
 @contextmanager

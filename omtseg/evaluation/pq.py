@@ -25,6 +25,11 @@ import torch
 
 from omtseg.types import Targets
 
+try:  # optional native extension (omtseg/_pngids.c); the numpy path below gives the same counts
+    from omtseg import _pngids
+except ImportError:  # pragma: no cover - depends on the install
+    _pngids = None  # type: ignore[assignment]
+
 OFFSET = 256**3
 """Segment ids lie in [0, 256^3) (three PNG channels), so ``gt * OFFSET + pred`` encodes a pixel's pair."""
 
@@ -75,6 +80,13 @@ def _positions(pixel_ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
 
 def _pair_counts(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted ``gt * OFFSET + pred`` codes present in the image and their pixel counts (intersections)."""
+    if _pngids is not None and gt_map.dtype == pred_map.dtype == np.uint32:
+        # uint32 maps (from omtseg.io.read_panoptic_ids) are counted natively in one pass, ids < 2^24
+        # checked there; the result equals the numpy path's.
+        codes_bytes, counts_bytes = _pngids.pair_counts(
+            np.ascontiguousarray(gt_map), np.ascontiguousarray(pred_map), max(gt_map.shape[-1], 1)
+        )
+        return np.frombuffer(codes_bytes, np.uint64).astype(np.int64), np.frombuffer(counts_bytes, np.int64)
     codes = gt_map.astype(np.int64).ravel() * OFFSET + pred_map.ravel()
     if codes.size == 0:
         return codes, codes
