@@ -9,9 +9,11 @@ import json
 import os
 import struct
 import tempfile
+import types
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,14 @@ try:  # built from omtseg/_pngids.c at install time; optional (no C compiler -> 
     from omtseg import _pngids
 except ImportError:  # pragma: no cover - depends on the install
     _pngids = None  # type: ignore[assignment]
+_inflate: types.ModuleType
 try:  # zlib-ng inflates the long-run streams of segment maps ~20x faster than the system zlib
     from zlib_ng import zlib_ng as _inflate
 except ImportError:  # pragma: no cover - depends on the install
-    _inflate = zlib  # type: ignore[assignment]
+    _inflate = zlib
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PIECE_BYTES = 64 * 1024  # inflate this much at a time: below malloc's mmap threshold, reused from the heap
+_PIECE_BYTES = 120 * 1024  # inflate this much at a time: below malloc's mmap threshold, reused from the heap
 
 
 def rgb2id(rgb: np.ndarray) -> np.ndarray:
@@ -103,36 +106,25 @@ def read_panoptic_ids(path: str | os.PathLike[str], out: np.ndarray | None = Non
     return ids
 
 
-def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarray | None:
-    """Segment ids of an in-memory 8-bit RGB/RGBA non-interlaced PNG, or None where this fast path does not
-    apply (another PNG kind, no native extension) or the data are damaged (bad chunk CRC, zlib error, short
-    stream, unknown filter): callers then read the file with PIL, which raises a proper error.
+class _Unreadable(Exception):
+    """This PNG is not for the fast path (another kind, or damaged): read it with PIL instead."""
 
-    The stream is inflated a few dozen rows at a time and each piece unfiltered at once, so no buffer of
-    the whole inflated image is ever allocated: on virtual machines the page faults of a fresh megabyte
-    buffer per image cost several times the decoding itself.
 
-    Args:
-        data: the PNG file's bytes.
-        out: optional (H, W) uint32 array to decode into (reused across images by evaluation loops);
-            ignored when its shape differs from the image's.
-
-    Returns:
-        (H, W) uint32 ids ``R + 256 G + 256^2 B`` (``out`` when it was used).
-    """
-    if _pngids is None or not data.startswith(_PNG_SIGNATURE):
-        return None
+def _png_stream(data: bytes) -> tuple[int, int, int, bytes | memoryview]:
+    """``(width, height, channels, zlib stream)`` of an 8-bit RGB/RGBA non-interlaced PNG with valid CRCs."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise _Unreadable
     view = memoryview(data)
     header, chunks, pos = None, [], len(_PNG_SIGNATURE)
     while True:
         if pos + 12 > len(data):
-            return None  # no IEND: truncated
+            raise _Unreadable  # no IEND: truncated
         (length,) = struct.unpack_from(">I", data, pos)
         kind, end = data[pos + 4 : pos + 8], pos + 12 + length
         if end > len(data):
-            return None  # truncated
+            raise _Unreadable  # truncated
         if zlib.crc32(view[pos + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
-            return None  # damaged
+            raise _Unreadable  # damaged
         if kind == b"IHDR" and length == 13:
             header = struct.unpack_from(">IIBBBBB", data, pos + 8)
         elif kind == b"IDAT":
@@ -141,20 +133,24 @@ def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarra
             break
         pos = end
     if header is None or not chunks:
-        return None
+        raise _Unreadable
     width, height, depth, color_type, compression, filter_method, interlace = header
     if depth != 8 or color_type not in (2, 6) or compression or filter_method or interlace:
-        return None
+        raise _Unreadable
     if not width or not height:
-        return None
-    channels = 3 if color_type == 2 else 4
-    if out is None or out.shape != (height, width) or out.dtype != np.uint32 or not out.flags.c_contiguous:
-        out = np.empty((height, width), dtype=np.uint32)
-    row_bytes = width * channels + 1
+        raise _Unreadable
+    return width, height, 3 if color_type == 2 else 4, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _pieces(stream: bytes | memoryview, height: int, row_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """``(first row, whole rows of the inflated stream)``, a few dozen rows at a time.
+
+    Inflating piece by piece means no buffer of the whole inflated image is ever allocated: on virtual
+    machines the page faults of a fresh megabyte buffer per image cost several times the decoding itself.
+    """
     rows_per_piece = max(1, _PIECE_BYTES // row_bytes)
-    previous = bytearray(width * channels)
     inflater = _inflate.decompressobj()
-    pending: bytes | memoryview = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    pending = stream
     row = 0
     try:
         while row < height:
@@ -165,11 +161,147 @@ def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarra
                 piece += inflater.decompress(pending, want - len(piece))
                 pending = inflater.unconsumed_tail
             if len(piece) != want:
-                return None  # the stream ends early
-            row += _pngids.unfilter_ids(piece, width, channels, previous, out, row)
-    except (zlib.error, _inflate.error, ValueError):
+                raise _Unreadable  # the stream ends early
+            yield row, piece
+            row += want // row_bytes
+    except (zlib.error, _inflate.error) as e:
+        raise _Unreadable from e
+
+
+def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarray | None:
+    """Segment ids of an in-memory 8-bit RGB/RGBA non-interlaced PNG, or None where this fast path does not
+    apply (another PNG kind, no native extension) or the data are damaged (bad chunk CRC, zlib error, short
+    stream, unknown filter): callers then read the file with PIL, which raises a proper error.
+
+    Args:
+        data: the PNG file's bytes.
+        out: optional (H, W) uint32 array to decode into (reused across images by evaluation loops);
+            ignored when its shape differs from the image's.
+
+    Returns:
+        (H, W) uint32 ids ``R + 256 G + 256^2 B`` (``out`` when it was used).
+    """
+    if _pngids is None:
+        return None
+    try:
+        width, height, channels, stream = _png_stream(data)
+        usable = out is not None and out.dtype == np.uint32 and out.flags.c_contiguous
+        if out is None or not usable or out.shape != (height, width):
+            out = np.empty((height, width), dtype=np.uint32)
+        previous = bytearray(width * channels)
+        for row, piece in _pieces(stream, height, width * channels + 1):
+            _pngids.unfilter_ids(piece, width, channels, previous, out, row)
+    except (_Unreadable, ValueError):
         return None
     return out
+
+
+@dataclass
+class PanopticRuns:
+    """A segment map as runs of equal ids along its rows: what panoptic evaluation needs of a PNG.
+
+    Row ``y`` is runs ``row_begin[y] .. row_end[y] - 1``; run ``k`` ends before column ``run_end[k]`` (it
+    starts where the row's previous run ends, or at 0) and has id ``run_id[k]``. Rows may share runs (a
+    row equal to the one above). Buffers may be longer than used, so they can be reused across images.
+
+    Attributes:
+        height, width: the map's size.
+        row_begin, row_end: (>= H,) int32.
+        run_end: (capacity,) int32.
+        run_id: (capacity,) uint32 ids ``R + 256 G + 256^2 B``.
+    """
+
+    height: int
+    width: int
+    row_begin: np.ndarray
+    row_end: np.ndarray
+    run_end: np.ndarray
+    run_id: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @classmethod
+    def from_ids(cls, ids: np.ndarray) -> PanopticRuns:
+        """Runs of an (H, W) id map (values below 2^24)."""
+        ids = np.ascontiguousarray(ids, dtype=np.uint32)
+        h, w = ids.shape
+        starts = np.ones((h, w), dtype=bool)
+        starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+        ends = np.ones((h, w), dtype=bool)
+        ends[:, :-1] = starts[:, 1:]
+        counts = starts.sum(1, dtype=np.int32)
+        row_end = np.cumsum(counts, dtype=np.int32)
+        return cls(
+            height=h,
+            width=w,
+            row_begin=row_end - counts,
+            row_end=row_end,
+            run_end=(np.flatnonzero(ends) % max(w, 1) + 1).astype(np.int32),
+            run_id=ids[starts],
+        )
+
+    def to_ids(self) -> np.ndarray:
+        """The (H, W) uint32 id map."""
+        ids = np.empty((self.height, self.width), dtype=np.uint32)
+        for y in range(self.height):
+            start = 0
+            for k in range(int(self.row_begin[y]), int(self.row_end[y])):
+                ids[y, start : self.run_end[k]] = self.run_id[k]
+                start = int(self.run_end[k])
+        return ids
+
+
+def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None = None) -> PanopticRuns:
+    """A COCO-panoptic PNG as :class:`PanopticRuns` (see :func:`read_panoptic_ids` for the ids).
+
+    The fast path (native extension, 8-bit RGB/RGBA PNG) decodes straight into runs without ever writing
+    the dense map; other files are read with PIL and converted.
+
+    Args:
+        path: the PNG file.
+        reuse: runs of an earlier image whose buffers may be overwritten (evaluation loops pass the
+            previous result), or None.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}. Check the dataset root and file name.")
+    if _pngids is not None:
+        try:
+            width, height, channels, stream = _png_stream(path.read_bytes())
+            if reuse is None or reuse.row_begin.size < height or reuse.run_end.size < height * width:
+                reuse = PanopticRuns(
+                    height=height,
+                    width=width,
+                    row_begin=np.empty(height, dtype=np.int32),
+                    row_end=np.empty(height, dtype=np.int32),
+                    run_end=np.empty(height * width, dtype=np.int32),
+                    run_id=np.empty(height * width, dtype=np.uint32),
+                )
+            reuse.height, reuse.width = height, width
+            previous, num_runs = bytearray(width * channels), 0
+            for row, piece in _pieces(stream, height, width * channels + 1):
+                num_runs = _pngids.unfilter_runs(
+                    piece,
+                    width,
+                    channels,
+                    previous,
+                    row,
+                    reuse.row_begin,
+                    reuse.row_end,
+                    reuse.run_end,
+                    reuse.run_id,
+                    num_runs,
+                )
+            return reuse
+        except (_Unreadable, ValueError):
+            pass
+    return PanopticRuns.from_ids(read_panoptic_ids(path))
 
 
 @contextmanager

@@ -4,7 +4,7 @@
 ``panopticapi.evaluation.pq_compute``; the malformed predictions it rejects raise ``ValueError`` (panopticapi
 raises ``KeyError``/``Exception``) and missing files ``FileNotFoundError``. Images are spread over a process
 pool. ``PanopticQuality`` is a torchmetrics ``Metric`` over in-memory results with the same numbers; both
-share :func:`omtseg.evaluation.pq.match_segments`.
+share :class:`omtseg.evaluation.pq.ImageBatch`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from omtseg.evaluation.pq import PQStats, match_segments, paint_targets, summarize
-from omtseg.io import load_json, read_panoptic_ids
+from omtseg.evaluation.pq import ImageBatch, PQStats, paint_targets, summarize
+from omtseg.io import load_json, read_panoptic_runs
 from omtseg.types import PanopticResult, Targets, Vocabulary
 
 # (gt annotation, pred annotation) pairs with what a worker needs to read and score them.
@@ -55,17 +55,16 @@ def _segments(ann: dict[str, Any], category_index: dict[int, int], what: str) ->
 def _score_images(
     jobs: list[_Job], gt_folder: Path, pred_folder: Path, category_index: dict[int, int]
 ) -> PQStats:
-    stats = PQStats.zeros(len(category_index))
-    # Decode into the same two arrays image after image: fresh megabyte arrays cost page faults that,
-    # on virtual machines, take longer than the decoding.
+    batch = ImageBatch(len(category_index))
+    # Decode into the same two run buffers image after image: fresh megabyte arrays cost page faults
+    # that, on virtual machines, take longer than the decoding. The batch keeps only pair counts.
     gt_buffer = pred_buffer = None
     for gt_ann, pred_ann in jobs:
-        image = f"Image {gt_ann['image_id']!r}"
         gt_ids, gt_labels, gt_crowd, gt_areas = _segments(gt_ann, category_index, "ground-truth")
         pred_ids, pred_labels, _, _ = _segments(pred_ann, category_index, "predicted")
-        gt_buffer = read_panoptic_ids(gt_folder / gt_ann["file_name"], gt_buffer)
-        pred_buffer = read_panoptic_ids(pred_folder / pred_ann["file_name"], pred_buffer)
-        stats += match_segments(
+        gt_buffer = read_panoptic_runs(gt_folder / gt_ann["file_name"], gt_buffer)
+        pred_buffer = read_panoptic_runs(pred_folder / pred_ann["file_name"], pred_buffer)
+        batch.add(
             gt_map=gt_buffer,
             gt_ids=gt_ids,
             gt_labels=gt_labels,
@@ -74,10 +73,9 @@ def _score_images(
             pred_map=pred_buffer,
             pred_ids=pred_ids,
             pred_labels=pred_labels,
-            num_classes=len(category_index),
-            name=image,
+            name=f"Image {gt_ann['image_id']!r}",
         )
-    return stats
+    return batch.match()
 
 
 def pq_compute(
@@ -202,13 +200,12 @@ class PanopticQuality(Metric):
                 f"PanopticQuality.update got {len(preds)} predictions for {len(targets)} targets; "
                 "pass one per image."
             )
-        k = len(self.vocabulary)
-        stats = PQStats.zeros(k)
+        batch = ImageBatch(len(self.vocabulary))
         for i, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             gt_map, gt_ids, gt_labels, gt_crowd = paint_targets(target)
             gt_map_np = gt_map.cpu().numpy()
             gt_areas = np.bincount(gt_map_np.ravel(), minlength=gt_ids.size + 1)[1:]
-            stats += match_segments(
+            batch.add(
                 gt_map=gt_map_np,
                 gt_ids=gt_ids,
                 gt_labels=gt_labels,
@@ -217,9 +214,9 @@ class PanopticQuality(Metric):
                 pred_map=pred.id_map.cpu().numpy().astype(np.int64),
                 pred_ids=np.array([s.id for s in pred.segments], dtype=np.int64),
                 pred_labels=np.array([s.label for s in pred.segments], dtype=np.int64),
-                num_classes=k,
                 name=f"Image {i} of the batch",
             )
+        stats = batch.match()
         self.iou += torch.from_numpy(stats.iou).to(self.iou.device)
         self.tp += torch.from_numpy(stats.tp).to(self.tp.device)
         self.fp += torch.from_numpy(stats.fp).to(self.fp.device)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omtseg.io import PanopticRuns
 from omtseg.types import Targets
 
 try:  # optional native extension (omtseg/_pngids.c); the numpy path below gives the same counts
@@ -78,13 +79,33 @@ def _positions(pixel_ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
     return np.where(sorted_ids[pos] == pixel_ids, order[pos], -1)
 
 
-def _pair_counts(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ``gt * OFFSET + pred`` codes present in the image and their pixel counts (intersections)."""
-    if _pngids is not None and gt_map.dtype == pred_map.dtype == np.uint32:
+def _pair_counts(
+    gt_map: np.ndarray | PanopticRuns, pred_map: np.ndarray | PanopticRuns
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``gt * OFFSET + pred`` codes present in the image and their pixel counts (intersections).
+
+    Maps are (H, W) integer arrays or :class:`omtseg.io.PanopticRuns`; two runs are merged natively row by
+    row, without ever expanding them to pixels.
+    """
+    runs = isinstance(gt_map, PanopticRuns), isinstance(pred_map, PanopticRuns)
+    if all(runs) and _pngids is not None:
+        assert isinstance(gt_map, PanopticRuns) and isinstance(pred_map, PanopticRuns)
+        if gt_map.height * gt_map.width == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        codes_bytes, counts_bytes = _pngids.pair_counts_runs(
+            (gt_map.row_begin, gt_map.row_end, gt_map.run_end, gt_map.run_id),
+            (pred_map.row_begin, pred_map.row_end, pred_map.run_end, pred_map.run_id),
+            gt_map.height,
+            gt_map.width,
+        )
+        return np.frombuffer(codes_bytes, np.uint64).astype(np.int64), np.frombuffer(counts_bytes, np.int64)
+    gt_map = gt_map.to_ids() if isinstance(gt_map, PanopticRuns) else gt_map
+    pred_map = pred_map.to_ids() if isinstance(pred_map, PanopticRuns) else pred_map
+    if _pngids is not None and gt_map.dtype == pred_map.dtype == np.uint32 and gt_map.size:
         # uint32 maps (from omtseg.io.read_panoptic_ids) are counted natively in one pass, ids < 2^24
         # checked there; the result equals the numpy path's.
         codes_bytes, counts_bytes = _pngids.pair_counts(
-            np.ascontiguousarray(gt_map), np.ascontiguousarray(pred_map), max(gt_map.shape[-1], 1)
+            np.ascontiguousarray(gt_map), np.ascontiguousarray(pred_map), gt_map.shape[-1]
         )
         return np.frombuffer(codes_bytes, np.uint64).astype(np.int64), np.frombuffer(counts_bytes, np.int64)
     codes = gt_map.astype(np.int64).ravel() * OFFSET + pred_map.ravel()
@@ -98,14 +119,191 @@ def _pair_counts(gt_map: np.ndarray, pred_map: np.ndarray) -> tuple[np.ndarray, 
     return pairs, np.bincount(inverse, weights=lengths, minlength=pairs.size).astype(np.int64)
 
 
-def _check_segment_ids(ids: np.ndarray, what: str, name: str) -> None:
-    if ids.size and (ids.min() <= 0 or ids.max() >= OFFSET):
-        raise ValueError(
-            f"{name}: {what} segment ids must lie in [1, 256^3) (0 marks void), got {ids.tolist()}; "
-            "renumber the segments."
-        )
-    if np.unique(ids).size != ids.size:
-        raise ValueError(f"{name}: {what} segment ids repeat ({ids.tolist()}); give each segment its own id.")
+class ImageBatch:
+    """Images' segments and (ground truth, prediction) pixel-pair counts, matched in one vectorised pass.
+
+    :meth:`add` keeps only what matching needs from an image (its segment lists and the intersection of
+    every pair of segments, counted from the maps at once), so id-map buffers can be reused between
+    calls. :meth:`match` then applies the rules of the module docstring to all images together: with a
+    few dozen segments per image, per-image numpy calls would cost more than the counting itself.
+    Global segment positions carry the image in their key (``image * OFFSET + id``), so pairs only ever
+    meet segments of their own image.
+
+    Args:
+        num_classes: K; class positions index ``0..K-1``.
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.names: list[str] = []
+        self._parts: dict[str, list[np.ndarray]] = {
+            key: [] for key in ("gt_ids", "gt_labels", "gt_crowd", "gt_areas", "pred_ids", "pred_labels")
+        }
+        self._pairs: list[np.ndarray] = []
+        self._inter: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(
+        self,
+        *,
+        gt_map: np.ndarray | PanopticRuns,
+        gt_ids: np.ndarray,
+        gt_labels: np.ndarray,
+        gt_crowd: np.ndarray,
+        gt_areas: np.ndarray,
+        pred_map: np.ndarray | PanopticRuns,
+        pred_ids: np.ndarray,
+        pred_labels: np.ndarray,
+        name: str = "image",
+    ) -> None:
+        """Add one image; arguments as :func:`match_segments`, maps may also be :class:`PanopticRuns`.
+
+        Only the maps' size is checked here; the maps are not kept (their buffers may be reused).
+        """
+        if gt_map.shape != pred_map.shape:
+            raise ValueError(
+                f"{name}: ground truth is {tuple(gt_map.shape)} but the prediction is "
+                f"{tuple(pred_map.shape)}; predict at the ground truth's size."
+            )
+        pairs, inter = _pair_counts(gt_map, pred_map)
+        self.names.append(name)
+        self._pairs.append(pairs)
+        self._inter.append(inter)
+        for key, value, dtype in (
+            ("gt_ids", gt_ids, np.int64),
+            ("gt_labels", gt_labels, np.int64),
+            ("gt_crowd", gt_crowd, bool),
+            ("gt_areas", gt_areas, np.int64),
+            ("pred_ids", pred_ids, np.int64),
+            ("pred_labels", pred_labels, np.int64),
+        ):
+            self._parts[key].append(np.asarray(value, dtype).reshape(-1))
+
+    def _concat(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """All images' values of ``key`` and the image index of each."""
+        parts = self._parts[key]
+        images = np.repeat(np.arange(len(parts)), [p.size for p in parts])
+        return (np.concatenate(parts) if parts else np.zeros(0)), images
+
+    def _fail(self, image: int, message: str) -> None:
+        raise ValueError(f"{self.names[image]}: {message}")
+
+    def _check_ids(self, key: str, what: str) -> np.ndarray:
+        """Global keys ``image * OFFSET + id`` of the segments; ids must be in [1, OFFSET) and unique."""
+        ids, images = self._concat(key)
+        bad = (ids <= 0) | (ids >= OFFSET)
+        if bad.any():
+            image = int(images[bad.argmax()])
+            self._fail(
+                image,
+                f"{what} segment ids must lie in [1, 256^3) (0 marks void), got "
+                f"{self._parts[key][image].tolist()}; renumber the segments.",
+            )
+        keys = images * OFFSET + ids
+        ordered = np.sort(keys)
+        repeated = ordered[1:] == ordered[:-1]
+        if repeated.any():
+            image = int(ordered[1:][repeated][0] // OFFSET)
+            self._fail(
+                image,
+                f"{what} segment ids repeat ({self._parts[key][image].tolist()}); "
+                "give each segment its own id.",
+            )
+        return keys
+
+    def match(self) -> PQStats:
+        """Per-class PQ sums over every added image.
+
+        Raises:
+            ValueError: naming the first offending image: a predicted id is in the map but not listed, or
+                listed but absent from the map; a class position is out of range; ids repeat or are out of
+                range.
+        """
+        k = self.num_classes
+        stats = PQStats.zeros(k)
+        if not self.names:
+            return stats
+        gt_keys = self._check_ids("gt_ids", "ground-truth")
+        pred_keys = self._check_ids("pred_ids", "predicted")
+        gt_labels, _ = self._concat("gt_labels")
+        pred_labels, _ = self._concat("pred_labels")
+        for what, key, labels in (
+            ("ground-truth", "gt_labels", gt_labels),
+            ("predicted", "pred_labels", pred_labels),
+        ):
+            _, images = self._concat(key)
+            bad = (labels < 0) | (labels >= k)
+            if bad.any():
+                image = int(images[bad.argmax()])
+                self._fail(
+                    image,
+                    f"{what} class positions {self._parts[key][image].tolist()} fall outside [0, {k}); "
+                    "use categories the ground truth defines.",
+                )
+        gt_labels, pred_labels = gt_labels.astype(np.int64), pred_labels.astype(np.int64)
+        gt_crowd = self._concat("gt_crowd")[0].astype(bool)
+        gt_areas = self._concat("gt_areas")[0].astype(np.int64)
+
+        pair_images = np.repeat(np.arange(len(self._pairs)), [p.size for p in self._pairs])
+        pairs, inter = np.concatenate(self._pairs), np.concatenate(self._inter)
+        pair_gt, pair_pred = pairs // OFFSET, pairs % OFFSET
+        gi = _positions(pair_images * OFFSET + pair_gt, gt_keys)
+        pi = _positions(pair_images * OFFSET + pair_pred, pred_keys)
+
+        unlisted = (pi < 0) & (pair_pred != 0)
+        if unlisted.any():
+            image = int(pair_images[unlisted.argmax()])
+            ids = np.unique(pair_pred[unlisted & (pair_images == image)])
+            self._fail(
+                image,
+                f"predicted segment ids {ids.tolist()} are in the PNG/id map but not in segments_info; "
+                "list every segment of the map.",
+            )
+        num_pred = pred_keys.size
+        listed = pi >= 0
+        pred_area = np.bincount(pi[listed], weights=inter[listed], minlength=num_pred).astype(np.int64)
+        if (pred_area == 0).any():
+            image = int(pred_keys[pred_area.argmin()] // OFFSET)
+            empty = (pred_area == 0) & (pred_keys // OFFSET == image)
+            self._fail(
+                image,
+                f"predicted segment ids {(pred_keys[empty] % OFFSET).tolist()} are in segments_info but not "
+                "in the PNG/id map; drop empty segments.",
+            )
+        on_void = (pair_gt == 0) & listed
+        pred_void = np.bincount(pi[on_void], weights=inter[on_void], minlength=num_pred).astype(np.int64)
+
+        both = (gi >= 0) & listed
+        g, p, both_inter = gi[both], pi[both], inter[both]
+        candidate = ~gt_crowd[g] & (gt_labels[g] == pred_labels[p])
+        union = pred_area[p] + gt_areas[g] - both_inter - pred_void[p]
+        iou = both_inter / np.where(candidate, union, 1)
+        matched = candidate & (iou > 0.5)
+        matched_labels = gt_labels[g[matched]]
+        stats.tp += np.bincount(matched_labels, minlength=k)
+        stats.iou += np.bincount(matched_labels, weights=iou[matched], minlength=k)
+
+        gt_matched = np.zeros(gt_keys.size, dtype=bool)
+        gt_matched[g[matched]] = True
+        pred_matched = np.zeros(num_pred, dtype=bool)
+        pred_matched[p[matched]] = True
+        stats.fn += np.bincount(gt_labels[~gt_matched & ~gt_crowd], minlength=k)
+
+        # Of each image's crowd segments of one class, the last in annotation order is the one that excuses.
+        crowd = np.flatnonzero(gt_crowd)
+        group = (gt_keys[crowd] // OFFSET) * k + gt_labels[crowd]
+        order = np.lexsort((crowd, group))
+        last = np.ones(crowd.size, dtype=bool)
+        last[:-1] = group[order][1:] != group[order][:-1]
+        excuses = np.zeros(gt_keys.size, dtype=bool)
+        excuses[crowd[order][last]] = True
+        on_crowd = excuses[g] & (gt_labels[g] == pred_labels[p])
+        pred_crowd = np.bincount(p[on_crowd], weights=both_inter[on_crowd], minlength=num_pred)
+        ignored = (pred_void + pred_crowd) / np.maximum(pred_area, 1) > 0.5
+        stats.fp += np.bincount(pred_labels[~pred_matched & ~ignored], minlength=k)
+        return stats
 
 
 def match_segments(
@@ -121,7 +319,7 @@ def match_segments(
     num_classes: int,
     name: str = "image",
 ) -> PQStats:
-    """Match the segments of one image and count its per-class PQ sums.
+    """Match the segments of one image and count its per-class PQ sums (an :class:`ImageBatch` of one).
 
     Args:
         gt_map: (H, W) integer ground-truth segment ids, 0 at void.
@@ -143,69 +341,19 @@ def match_segments(
         ValueError: the maps differ in size; a predicted id is in the map but not listed, or listed but
             absent from the map; a class position is out of range; ids repeat or are out of range.
     """
-    if gt_map.shape != pred_map.shape:
-        raise ValueError(
-            f"{name}: ground truth is {tuple(gt_map.shape)} but the prediction is {tuple(pred_map.shape)}; "
-            "predict at the ground truth's size."
-        )
-    gt_ids, gt_labels = np.asarray(gt_ids, np.int64), np.asarray(gt_labels, np.int64)
-    pred_ids, pred_labels = np.asarray(pred_ids, np.int64), np.asarray(pred_labels, np.int64)
-    gt_crowd, gt_areas = np.asarray(gt_crowd, bool), np.asarray(gt_areas, np.int64)
-    _check_segment_ids(gt_ids, "ground-truth", name)
-    _check_segment_ids(pred_ids, "predicted", name)
-    for what, labels in (("ground-truth", gt_labels), ("predicted", pred_labels)):
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"{name}: {what} class positions {labels.tolist()} fall outside [0, {num_classes}); "
-                "use categories the ground truth defines."
-            )
-
-    pairs, inter = _pair_counts(gt_map, pred_map)
-    pair_gt, pair_pred = pairs // OFFSET, pairs % OFFSET
-    gi, pi = _positions(pair_gt, gt_ids), _positions(pair_pred, pred_ids)
-
-    unlisted = np.unique(pair_pred[(pi < 0) & (pair_pred != 0)])
-    if unlisted.size:
-        raise ValueError(
-            f"{name}: predicted segment ids {unlisted.tolist()} are in the PNG/id map but not in "
-            "segments_info; list every segment of the map."
-        )
-    num_pred = pred_ids.size
-    pred_area = np.bincount(pi[pi >= 0], weights=inter[pi >= 0], minlength=num_pred).astype(np.int64)
-    if (pred_area == 0).any():
-        raise ValueError(
-            f"{name}: predicted segment ids {pred_ids[pred_area == 0].tolist()} are in segments_info but "
-            "not in the PNG/id map; drop empty segments."
-        )
-    on_void = (pair_gt == 0) & (pi >= 0)
-    pred_void = np.bincount(pi[on_void], weights=inter[on_void], minlength=num_pred).astype(np.int64)
-
-    stats = PQStats.zeros(num_classes)
-    both = (gi >= 0) & (pi >= 0)
-    g, p, both_inter = gi[both], pi[both], inter[both]
-    candidate = ~gt_crowd[g] & (gt_labels[g] == pred_labels[p])
-    union = pred_area[p] + gt_areas[g] - both_inter - pred_void[p]
-    iou = both_inter / np.where(candidate, union, 1)
-    matched = candidate & (iou > 0.5)
-    matched_labels = gt_labels[g[matched]]
-    stats.tp += np.bincount(matched_labels, minlength=num_classes)
-    stats.iou += np.bincount(matched_labels, weights=iou[matched], minlength=num_classes)
-
-    gt_matched = np.zeros(gt_ids.size, dtype=bool)
-    gt_matched[g[matched]] = True
-    pred_matched = np.zeros(num_pred, dtype=bool)
-    pred_matched[p[matched]] = True
-    stats.fn += np.bincount(gt_labels[~gt_matched & ~gt_crowd], minlength=num_classes)
-
-    # The last crowd segment of each class in annotation order (maximum position) is the one that excuses.
-    crowd_of_class = np.full(num_classes, -1, dtype=np.int64)
-    crowd_positions = np.flatnonzero(gt_crowd)
-    np.maximum.at(crowd_of_class, gt_labels[crowd_positions], crowd_positions)
-    on_crowd = crowd_of_class[pred_labels[p]] == g
-    pred_crowd = np.bincount(p[on_crowd], weights=both_inter[on_crowd], minlength=num_pred)
-    ignored = (pred_void + pred_crowd) / pred_area > 0.5
-    stats.fp += np.bincount(pred_labels[~pred_matched & ~ignored], minlength=num_classes)
-    return stats
+    batch = ImageBatch(num_classes)
+    batch.add(
+        gt_map=gt_map,
+        gt_ids=gt_ids,
+        gt_labels=gt_labels,
+        gt_crowd=gt_crowd,
+        gt_areas=gt_areas,
+        pred_map=pred_map,
+        pred_ids=pred_ids,
+        pred_labels=pred_labels,
+        name=name,
+    )
+    return batch.match()
 
 
 def summarize(
