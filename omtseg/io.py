@@ -67,7 +67,7 @@ def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
             opened.load()
             image: Image.Image = opened.convert(mode) if mode else opened
             return np.asarray(image).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(
             f"Cannot read image {path}: {e}. The file is corrupt or truncated; re-download or re-extract it."
         ) from e

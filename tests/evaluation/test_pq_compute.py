@@ -150,3 +150,22 @@ def test_empty_dataset_and_empty_images(tmp_path: Path) -> None:
     assert result["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
     no_images = write_dataset(tmp_path, "none", [], CATEGORIES)
     assert pq_compute(no_images, pred_json, gt_folder=tmp_path / "gt")["All"]["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda segments: segments.pop(), "are in the PNG/id map but not in segments_info"),
+        (lambda segments: segments.append({"id": 77, "category_id": 1, "iscrowd": 0}), "not in the PNG/id map"),
+        (lambda segments: segments.append(dict(segments[0])), "segment ids repeat"),
+    ],
+)
+def test_errors_name_the_offending_image_of_a_batch(tmp_path: Path, change, message: str) -> None:
+    # Images are matched together (one vectorised pass per worker); the error still names its image.
+    gt_json, pred_json = random_case(tmp_path, seed=7, num_images=5)
+    data = json.loads(pred_json.read_text())
+    annotation = [a for a in data["annotations"] if a["segments_info"]][-2]
+    change(annotation["segments_info"])
+    pred_json.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"^Image {annotation['image_id']!r}: .*{message}"):
+        pq_compute(gt_json, pred_json, workers=1)
