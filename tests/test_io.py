@@ -66,7 +66,9 @@ def _encode_png(
     for y in range(h):
         row = pixels[y].reshape(-1)
         kind = filters[y]
-        rows.append(bytes([5 if y == bad_filter_row else kind]) + _filter_row(row, prev, channels, kind).tobytes())
+        rows.append(
+            bytes([5 if y == bad_filter_row else kind]) + _filter_row(row, prev, channels, kind).tobytes()
+        )
         prev = row
     stream = zlib.compress(b"".join(rows), 6)
     step = -(-len(stream) // idat_pieces)
@@ -227,9 +229,13 @@ def test_without_the_extension_results_are_the_same(tmp_path: Path, monkeypatch:
     gt, pred = _segment_map(rng, 30, 50, 6), _segment_map(rng, 30, 50, 7)
     Image.fromarray(id2rgb(gt)).save(tmp_path / "gt.png")
     Image.fromarray(id2rgb(pred)).save(tmp_path / "pred.png")
-    native = pq._pair_counts(read_panoptic_runs(tmp_path / "gt.png"), read_panoptic_runs(tmp_path / "pred.png"))
+    native = pq._pair_counts(
+        read_panoptic_runs(tmp_path / "gt.png"), read_panoptic_runs(tmp_path / "pred.png")
+    )
     monkeypatch.setattr(io, "_pngids", None)
     monkeypatch.setattr(pq, "_pngids", None)
     assert decode_panoptic_png((tmp_path / "gt.png").read_bytes()) is None
-    fallback = pq._pair_counts(read_panoptic_runs(tmp_path / "gt.png"), read_panoptic_runs(tmp_path / "pred.png"))
+    fallback = pq._pair_counts(
+        read_panoptic_runs(tmp_path / "gt.png"), read_panoptic_runs(tmp_path / "pred.png")
+    )
     assert np.array_equal(native[0], fallback[0]) and np.array_equal(native[1], fallback[1])

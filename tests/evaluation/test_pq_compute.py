@@ -156,7 +156,10 @@ def test_empty_dataset_and_empty_images(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (lambda segments: segments.pop(), "are in the PNG/id map but not in segments_info"),
-        (lambda segments: segments.append({"id": 77, "category_id": 1, "iscrowd": 0}), "not in the PNG/id map"),
+        (
+            lambda segments: segments.append({"id": 77, "category_id": 1, "iscrowd": 0}),
+            "not in the PNG/id map",
+        ),
         (lambda segments: segments.append(dict(segments[0])), "segment ids repeat"),
     ],
 )
