@@ -1,7 +1,8 @@
-"""PQ speed: omtseg's ``pq_compute`` against hotcoco's and the COCO panoptic API's, on synthetic files.
+"""PQ speed: omtseg's ``pq_compute`` against hotcoco's and the COCO panoptic API's, on the same files.
 
-Builds ``num_images`` COCO-panoptic ground-truth PNGs (blocky Voronoi segments, void borders, some crowd)
-and perturbed predictions (shifted, relabelled, dropped, merged segments, extra false positives), then times
+Builds two sets of ``num_images`` COCO-panoptic ground-truth PNGs with perturbed predictions (shifted,
+relabelled, dropped, merged segments, extra false positives): blocky Voronoi maps (void borders, some
+crowd), and maps derived from the two real COCO panoptic sample images (real, curved boundaries). Times
 each implementation on the same files, median over repeats, and checks that they agree. The COCO panoptic
 API (``panopticapi-lite`` on PyPI, the cocodataset/panopticapi code) is installed with
 ``pip install --no-deps --target`` into a throwaway folder under ``out_dir``, never into the environment;
@@ -30,9 +31,10 @@ from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from PIL import Image
 
 from omtseg.evaluation.panoptic import pq_compute
-from omtseg.io import id2rgb, save_image, save_json
+from omtseg.io import id2rgb, read_panoptic_png, save_image, save_json
 
 NUM_THINGS, NUM_STUFF = 80, 53  # the COCO panoptic split
+COCO_SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "coco_panoptic_sample"
 PANOPTICAPI = "panopticapi-lite==0.2.0"
 
 
@@ -62,6 +64,65 @@ def _write(folder: Path, image_id: int, id_map: np.ndarray, segments: list[dict[
     return {"image_id": image_id, "file_name": file_name, "segments_info": segments}
 
 
+def _image_pair(
+    rng: np.random.Generator,
+    cells: np.ndarray,
+    cats: np.ndarray,
+    crowd: np.ndarray,
+    category_ids: np.ndarray,
+) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, list[dict[str, Any]]]:
+    """Ground truth and a perturbed prediction from an (H, W) segment-index map (-1 at void).
+
+    The prediction is the same cells shifted, ~10% dropped, ~10% relabelled, one pair merged and a few
+    extra false positives. Returns ``(gt_map, gt_segments, pred_map, pred_segments)``.
+    """
+    num_segments = cats.size
+    h, w = cells.shape
+    ids = rng.choice(np.arange(1, 256**3), size=num_segments, replace=False)
+    gt_map = np.where(cells >= 0, ids[cells.clip(min=0)], 0)
+    areas = np.bincount(cells[cells >= 0], minlength=num_segments)
+    gt_segments = [
+        {"id": int(ids[s]), "category_id": int(cats[s]), "iscrowd": int(crowd[s]), "area": int(areas[s])}
+        for s in range(num_segments)
+        if areas[s]
+    ]
+    pred_ids = rng.choice(np.arange(1, 256**3), size=num_segments + 3, replace=False)
+    keep = rng.random(num_segments) >= 0.1
+    pred_cats = np.where(rng.random(num_segments) < 0.1, rng.choice(category_ids, num_segments), cats)
+    if num_segments >= 2:
+        a, b = rng.choice(num_segments, 2, replace=False)
+        pred_ids[b], pred_cats[b] = pred_ids[a], pred_cats[a]
+    shifted = np.roll(cells, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), (0, 1))
+    pred_map = np.where((shifted >= 0) & keep[shifted.clip(min=0)], pred_ids[shifted.clip(min=0)], 0)
+    extra_cats = {}
+    for e in range(3):
+        y, x = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))
+        extra = pred_ids[num_segments + e]
+        pred_map[y : y + int(rng.integers(10, 40)), x : x + int(rng.integers(10, 40))] = extra
+        extra_cats[int(extra)] = int(rng.choice(category_ids))
+    cat_of = {int(pred_ids[s]): int(pred_cats[s]) for s in range(num_segments)} | extra_cats
+    pred_segments = [
+        {"id": i, "category_id": cat_of[i], "iscrowd": 0} for i in np.unique(pred_map).tolist() if i
+    ]
+    return gt_map, gt_segments, pred_map, pred_segments
+
+
+def _coco_sample_cells() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The real COCO panoptic sample's maps as ``(cells, category ids, crowd)``: cells index segments_info."""
+    data = json.loads((COCO_SAMPLE / "panoptic.json").read_text())
+    out = []
+    for ann in data["annotations"]:
+        ids = read_panoptic_png(COCO_SAMPLE / "panoptic" / ann["file_name"])
+        segments = ann["segments_info"]
+        cells = np.full(ids.shape, -1, dtype=np.int64)
+        for k, segment in enumerate(segments):
+            cells[ids == segment["id"]] = k
+        cats = np.array([s["category_id"] for s in segments])
+        crowd = np.array([bool(s.get("iscrowd", 0)) for s in segments])
+        out.append((cells, cats, crowd))
+    return out
+
+
 def make_dataset(
     out_dir: Path,
     *,
@@ -69,45 +130,36 @@ def make_dataset(
     size: tuple[int, int] = (480, 640),
     num_segments: int = 20,
     seed: int = 0,
+    maps: str = "voronoi",
 ) -> tuple[Path, Path]:
-    """Write ``gt.json`` + ``gt/`` and ``pred.json`` + ``pred/`` under ``out_dir``; returns the two JSONs."""
+    """Write ``gt.json`` + ``gt/`` and ``pred.json`` + ``pred/`` under ``out_dir``; returns the two JSONs.
+
+    Args:
+        maps: ``"voronoi"``: blocky Voronoi cells of ``size`` with ``num_segments`` segments of random
+            COCO-split categories, some crowd; ``"coco"``: the two real COCO panoptic sample maps (curved
+            real boundaries, 18 and 32 segments, their categories and crowd flags), randomly flipped.
+    """
     rng = np.random.default_rng(seed)
-    categories = _categories()
-    h, w = size
+    if maps == "coco":
+        categories = json.loads((COCO_SAMPLE / "panoptic.json").read_text())["categories"]
+        samples = _coco_sample_cells()
+    elif maps == "voronoi":
+        categories = _categories()
+    else:
+        raise ValueError(f"maps must be 'voronoi' or 'coco', got {maps!r}.")
+    category_ids = np.array([c["id"] for c in categories])
     gt_anns, pred_anns, images = [], [], []
     for image_id in range(1, num_images + 1):
-        cells = _ground_truth(rng, h, w, num_segments)
-        ids = rng.choice(np.arange(1, 256**3), size=num_segments, replace=False)
-        cats = rng.integers(1, len(categories) + 1, size=num_segments)
-        crowd = (rng.random(num_segments) < 0.05) & (cats <= NUM_THINGS)
-        gt_map = np.where(cells >= 0, ids[cells.clip(min=0)], 0)
-        areas = np.bincount(cells[cells >= 0], minlength=num_segments)
-        gt_segments = [
-            {"id": int(ids[s]), "category_id": int(cats[s]), "iscrowd": int(crowd[s]), "area": int(areas[s])}
-            for s in range(num_segments)
-            if areas[s]
-        ]
-        # Prediction: the same cells shifted, ~10% dropped, ~10% relabelled, one pair merged, a few extras.
-        pred_ids = rng.choice(np.arange(1, 256**3), size=num_segments + 3, replace=False)
-        keep = rng.random(num_segments) >= 0.1
-        pred_cats = np.where(
-            rng.random(num_segments) < 0.1, rng.integers(1, len(categories) + 1, num_segments), cats
-        )
-        a, b = rng.choice(num_segments, 2, replace=False)
-        pred_ids[b], pred_cats[b] = pred_ids[a], pred_cats[a]
-        shifted = np.roll(cells, (int(rng.integers(-8, 9)), int(rng.integers(-8, 9))), (0, 1))
-        pred_map = np.where((shifted >= 0) & keep[shifted.clip(min=0)], pred_ids[shifted.clip(min=0)], 0)
-        extra_cats = {}
-        for e in range(3):
-            y, x = int(rng.integers(0, h - 40)), int(rng.integers(0, w - 40))
-            pred_map[y : y + int(rng.integers(10, 40)), x : x + int(rng.integers(10, 40))] = pred_ids[
-                num_segments + e
-            ]
-            extra_cats[int(pred_ids[num_segments + e])] = int(rng.integers(1, len(categories) + 1))
-        cat_of = {int(pred_ids[s]): int(pred_cats[s]) for s in range(num_segments)} | extra_cats
-        pred_segments = [
-            {"id": i, "category_id": cat_of[i], "iscrowd": 0} for i in np.unique(pred_map).tolist() if i
-        ]
+        if maps == "coco":
+            cells, cats, crowd = samples[image_id % len(samples)]
+            if rng.random() < 0.5:
+                cells = cells[:, ::-1].copy()
+        else:
+            cells = _ground_truth(rng, size[0], size[1], num_segments)
+            cats = rng.integers(1, len(categories) + 1, size=num_segments)
+            crowd = (rng.random(num_segments) < 0.05) & (cats <= NUM_THINGS)
+        gt_map, gt_segments, pred_map, pred_segments = _image_pair(rng, cells, cats, crowd, category_ids)
+        h, w = cells.shape
         images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "height": h, "width": w})
         gt_anns.append(_write(out_dir / "gt", image_id, gt_map, gt_segments))
         pred_anns.append(_write(out_dir / "pred", image_id, pred_map, pred_segments))
@@ -198,53 +250,67 @@ def _max_abs_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
     return diff
 
 
-def run(out_dir: Path, num_images: int = 200, workers: int | None = None, repeats: int = 3) -> dict[str, Any]:
-    """Build the synthetic set under ``out_dir``, time the implementations, write and return the numbers.
-
-    Args:
-        out_dir: working folder (data, the throwaway panopticapi install, ``pq_speed.json``).
-        num_images: images of 640x480 with 20 ground-truth segments each.
-        workers: processes for omtseg's ``pq_compute``; defaults to the CPU count.
-        repeats: timed runs per implementation; medians are reported.
-
-    Returns:
-        Seconds per implementation and for PIL decoding alone (``png_decode_only``, the floor of every
-        PIL-based implementation), ratios (other / omtseg, > 1 means omtseg is faster) and the largest
-        absolute difference of any PQ/SQ/RQ value from omtseg's.
-    """
-    out_dir = Path(out_dir)
-    gt_json, pred_json = make_dataset(out_dir / "data", num_images=num_images)
-    workers = workers or os.cpu_count() or 1
-    timings: dict[str, float] = {}
-    results: dict[str, dict[str, Any]] = {}
+def _measure(
+    gt_json: Path,
+    pred_json: Path,
+    workers: int,
+    repeats: int,
+    panopticapi: Callable[[Path, Path], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Median seconds of each implementation on one dataset, ratios to omtseg and agreement with it."""
     candidates: dict[str, Callable[[], dict[str, Any]]] = {
         "omtseg": lambda: pq_compute(gt_json, pred_json, workers=workers),
         "omtseg_1_worker": lambda: pq_compute(gt_json, pred_json, workers=1),
         "hotcoco": lambda: hotcoco_pq_compute(str(gt_json), str(pred_json)),
     }
-    panopticapi = _panopticapi_single_core(out_dir / "panopticapi_lib")
-    notes = []
-    if isinstance(panopticapi, str):
-        notes.append(panopticapi)
-    else:
+    if panopticapi is not None:
         candidates["panopticapi_single_core"] = lambda: panopticapi(gt_json, pred_json)
+    timings: dict[str, float] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name, fn in candidates.items():
         timings[name], results[name] = _median_seconds(fn, repeats)
-    # Every implementation but hotcoco decodes PNGs with PIL; this bounds what faster matching can gain.
+    # PIL decoding alone: the floor of any PIL-based implementation such as the COCO panoptic API.
     timings["png_decode_only"], _ = _median_seconds(lambda: _decode_only(gt_json, pred_json), repeats)
+    return {
+        "seconds": timings,
+        "ratio_to_omtseg": {name: t / timings["omtseg"] for name, t in timings.items()},
+        "max_abs_difference_to_omtseg": {
+            name: _max_abs_difference(results["omtseg"], r) for name, r in results.items()
+        },
+        "pq": results["omtseg"]["All"]["pq"],
+    }
+
+
+def run(out_dir: Path, num_images: int = 200, workers: int | None = None, repeats: int = 3) -> dict[str, Any]:
+    """Build the two datasets under ``out_dir``, time the implementations, write and return the numbers.
+
+    Args:
+        out_dir: working folder (data, the throwaway panopticapi install, ``pq_speed.json``).
+        num_images: images per dataset: 640x480 Voronoi maps with 20 segments (the top-level figures), and
+            maps derived from the real COCO sample (``coco_maps``: 640x480/640x427 with 18/32 segments).
+        workers: processes for omtseg's ``pq_compute``; defaults to the CPU count.
+        repeats: timed runs per implementation; medians are reported.
+
+    Returns:
+        Per dataset: seconds per implementation and for PIL decoding alone (``png_decode_only``), ratios
+        (other / omtseg, > 1 means omtseg is faster) and the largest absolute difference of any PQ/SQ/RQ
+        value from omtseg's.
+    """
+    out_dir = Path(out_dir)
+    workers = workers or os.cpu_count() or 1
+    panopticapi = _panopticapi_single_core(out_dir / "panopticapi_lib")
+    notes = [panopticapi] if isinstance(panopticapi, str) else []
+    reference = None if isinstance(panopticapi, str) else panopticapi
+    voronoi = make_dataset(out_dir / "data", num_images=num_images)
+    coco = make_dataset(out_dir / "data_coco", num_images=num_images, maps="coco")
     report = {
         "num_images": num_images,
         "image_size": [480, 640],
         "workers": workers,
         "cpu_count": os.cpu_count(),
         "repeats": repeats,
-        "seconds": timings,
-        "ratio_to_omtseg": {name: t / timings["omtseg"] for name, t in timings.items()},
-        "max_abs_difference_to_omtseg": {
-            name: _max_abs_difference(results["omtseg"], r) for name, r in results.items()
-        },
-        "png_decode_share_of_omtseg_1_worker": timings["png_decode_only"] / timings["omtseg_1_worker"],
-        "pq": results["omtseg"]["All"]["pq"],
+        **_measure(*voronoi, workers, repeats, reference),
+        "coco_maps": _measure(*coco, workers, repeats, reference),
         "notes": notes,
     }
     save_json(report, out_dir / "pq_speed.json", indent=2)

@@ -23,6 +23,8 @@ from omtseg.evaluation.pq import ImageBatch, PQStats, paint_targets, summarize
 from omtseg.io import load_json, read_panoptic_runs
 from omtseg.types import PanopticResult, Targets, Vocabulary
 
+_IMAGES_PER_WORKER = 64
+
 # (gt annotation, pred annotation) pairs with what a worker needs to read and score them.
 _Job = tuple[dict[str, Any], dict[str, Any]]
 
@@ -93,7 +95,8 @@ def pq_compute(
         pred_json_file: prediction JSON with ``annotations`` (``image_id``, ``file_name``, ``segments_info``).
         gt_folder: folder of ground-truth PNGs; defaults to ``gt_json_file`` without ``.json``.
         pred_folder: folder of predicted PNGs; defaults to ``pred_json_file`` without ``.json``.
-        workers: processes; defaults to the CPU count, 1 scores in this process.
+        workers: processes; defaults to the CPU count (one per 64 images at most), 1 scores in this
+            process.
 
     Returns:
         ``{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {category_id: {"pq",
@@ -137,7 +140,9 @@ def pq_compute(
         )
     jobs: list[_Job] = [(ann, predictions[ann["image_id"]]) for ann in gt_json["annotations"]]
 
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        # A process costs ~20 ms to start and an image ~1 ms to score: small sets stay in this process.
+        workers = max(1, min(os.cpu_count() or 1, len(jobs) // _IMAGES_PER_WORKER))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     stats = PQStats.zeros(len(categories))

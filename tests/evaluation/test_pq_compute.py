@@ -172,3 +172,10 @@ def test_errors_name_the_offending_image_of_a_batch(tmp_path: Path, change, mess
     pred_json.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=rf"^Image {annotation['image_id']!r}: .*{message}"):
         pq_compute(gt_json, pred_json, workers=1)
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path) -> None:
+    gt_json, pred_json = random_case(tmp_path, seed=11, num_images=9)
+    one = pq_compute(gt_json, pred_json, workers=1)
+    assert _max_abs_difference(pq_compute(gt_json, pred_json, workers=2), one) < 1e-12
+    assert _max_abs_difference(one, hotcoco_pq_compute(str(gt_json), str(pred_json))) < 1e-9
