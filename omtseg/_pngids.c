@@ -26,6 +26,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
 
 static inline uint8_t paeth(int a, int b, int c) {
     int p = a + b - c;
@@ -35,10 +43,42 @@ static inline uint8_t paeth(int a, int b, int c) {
     return (uint8_t)c;
 }
 
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
 static inline int all_zero(const uint8_t *p, Py_ssize_t n) {
-    uint8_t acc = 0;
-    for (Py_ssize_t i = 0; i < n; i++) acc |= p[i];
-    return acc == 0;
+    /* Early exit: rows that change usually do so well before their end. */
+    Py_ssize_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        if (load64(p + i) | load64(p + i + 8) | load64(p + i + 16) | load64(p + i + 24)) return 0;
+    for (; i < n; i++)
+        if (p[i]) return 0;
+    return 1;
+}
+
+/* Index of the first byte where a[0..n) and b[0..n) differ, n when none does. */
+static inline Py_ssize_t first_mismatch(const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
+    Py_ssize_t j = 0;
+#if defined(__SSE2__)
+    for (; j + 16 <= n; j += 16) {
+        int same = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(a + j)),
+                                                    _mm_loadu_si128((const __m128i *)(b + j))));
+        if (same != 0xFFFF) return j + __builtin_ctz(~same & 0xFFFF);
+    }
+#endif
+    for (; j + 8 <= n; j += 8) {
+        uint64_t x = load64(a + j) ^ load64(b + j);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+        if (x) return j + __builtin_ctzll(x) / 8;
+#else
+        if (x) break;
+#endif
+    }
+    while (j < n && a[j] == b[j]) j++;
+    return j;
 }
 
 /* p[0..bpp) == q[0..bpp) for the 3 or 4 bytes of a pixel. */
@@ -60,29 +100,33 @@ static inline Py_ssize_t zero_run(const uint8_t *p, Py_ssize_t n) {
 
 /* Undo one row's filter in place: `row` holds the filtered bytes, `prev` the previous
  * reconstructed row (zeros for the first). Returns 0, or -1 for an unknown filter type. */
-static int unfilter_row(uint8_t *row, const uint8_t *prev, Py_ssize_t n, int bpp, int type) {
+static ALWAYS_INLINE int unfilter_row(uint8_t *row, const uint8_t *in, const uint8_t *prev, Py_ssize_t n,
+                                      int bpp, int type) {
+    /* row = the reconstructed bytes of the filtered bytes `in`, given the previous reconstructed row. */
     Py_ssize_t i;
     switch (type) {
     case 0:
+        memcpy(row, in, (size_t)n);
         return 0;
     case 1:
-        for (i = bpp; i < n; i++) row[i] = (uint8_t)(row[i] + row[i - bpp]);
+        for (i = 0; i < bpp && i < n; i++) row[i] = in[i];
+        for (; i < n; i++) row[i] = (uint8_t)(in[i] + row[i - bpp]);
         return 0;
     case 2:
-        for (i = 0; i < n; i++) row[i] = (uint8_t)(row[i] + prev[i]);
+        for (i = 0; i < n; i++) row[i] = (uint8_t)(in[i] + prev[i]);
         return 0;
     case 3:
-        for (i = 0; i < bpp && i < n; i++) row[i] = (uint8_t)(row[i] + (prev[i] >> 1));
-        for (; i < n; i++) row[i] = (uint8_t)(row[i] + ((row[i - bpp] + prev[i]) >> 1));
+        for (i = 0; i < bpp && i < n; i++) row[i] = (uint8_t)(in[i] + (prev[i] >> 1));
+        for (; i < n; i++) row[i] = (uint8_t)(in[i] + ((row[i - bpp] + prev[i]) >> 1));
         return 0;
     case 4:
-        for (i = 0; i < bpp && i < n; i++) row[i] = (uint8_t)(row[i] + prev[i]);
+        for (i = 0; i < bpp && i < n; i++) row[i] = (uint8_t)(in[i] + prev[i]);
         while (i < n) {
             if (same_bytes(row + i - bpp, prev + i - bpp, bpp)) {
                 /* The pixel to the left equals the one above it (a == c), so the predictor is the byte
                  * above; with zero differences the row goes on equal to the row above, which is copied
                  * for the whole zero stretch. */
-                Py_ssize_t end = i + zero_run(row + i, n - i) / bpp * bpp;
+                Py_ssize_t end = i + zero_run(in + i, n - i) / bpp * bpp;
                 memcpy(row + i, prev + i, (size_t)(end - i));
                 i = end;
             } else if (same_bytes(prev + i, prev + i - bpp, bpp)) {
@@ -90,8 +134,8 @@ static int unfilter_row(uint8_t *row, const uint8_t *prev, Py_ssize_t n, int bpp
                  * the left: while the row above stays constant and the differences are zero, the left
                  * pixel repeats (a horizontal edge between two segments). */
                 Py_ssize_t end = i;
-                while (end + bpp <= n && !row[end] && !row[end + 1] && !row[end + 2] &&
-                       (bpp == 3 || !row[end + 3]) && same_bytes(prev + end, prev + end - bpp, bpp)) {
+                while (end + bpp <= n && !in[end] && !in[end + 1] && !in[end + 2] && (bpp == 3 || !in[end + 3]) &&
+                       same_bytes(prev + end, prev + end - bpp, bpp)) {
                     memcpy(row + end, row + end - bpp, (size_t)bpp);
                     end += bpp;
                 }
@@ -100,7 +144,7 @@ static int unfilter_row(uint8_t *row, const uint8_t *prev, Py_ssize_t n, int bpp
             if (i >= n) break;
             for (Py_ssize_t stop = i + bpp; i < stop; i++) {
                 uint8_t a = row[i - bpp], b = prev[i], c = prev[i - bpp];
-                row[i] = (uint8_t)(row[i] + (a == c ? b : b == c ? a : paeth(a, b, c)));
+                row[i] = (uint8_t)(in[i] + (a == c ? b : b == c ? a : paeth(a, b, c)));
             }
         }
         return 0;
@@ -133,10 +177,14 @@ enum { DECODE_OK = 0, DECODE_BAD_FILTER = -1, DECODE_FULL = -2 };
 
 /* Undo the filters of `rows` rows starting at image row `first_row` and emit them to `sink`. `prev`
  * holds the previous reconstructed row (zeros before row 0); `cur` is scratch of stride + 1 bytes. */
-static int decode_rows(const uint8_t *src, Py_ssize_t rows, Py_ssize_t first_row, Py_ssize_t width,
-                       int channels, uint8_t *prev, uint8_t *cur, RowSink *sink, Py_ssize_t *bad_row,
+static ALWAYS_INLINE int decode_rows_for(const uint8_t *src, Py_ssize_t rows, Py_ssize_t first_row, Py_ssize_t width,
+                       int channels, uint8_t *carried, uint8_t *scratch, RowSink *sink, Py_ssize_t *bad_row,
                        int *bad_type) {
     Py_ssize_t stride = width * channels;
+    /* Rows are reconstructed alternately into the two halves of `scratch` (each stride + 1 bytes: see
+     * pixel_id); the caller's `carried` row is copied in first and the last row back out at the end. */
+    uint8_t *prev = scratch, *cur = scratch + stride + 1;
+    memcpy(prev, carried, (size_t)stride);
     for (Py_ssize_t y = first_row; y < first_row + rows; y++, src += stride + 1) {
         int type = src[0];
         if (y > 0 && (type == 2 || type == 4) && all_zero(src + 1, stride)) {
@@ -151,10 +199,10 @@ static int decode_rows(const uint8_t *src, Py_ssize_t rows, Py_ssize_t first_row
             }
             continue;
         }
-        memcpy(cur, src + 1, (size_t)stride);
-        if (unfilter_row(cur, prev, stride, channels, type)) {
+        if (unfilter_row(cur, src + 1, prev, stride, channels, type)) {
             *bad_row = y;
             *bad_type = type;
+            memcpy(carried, prev, (size_t)stride);
             return DECODE_BAD_FILTER;
         }
         if (sink->ids) {
@@ -165,24 +213,37 @@ static int decode_rows(const uint8_t *src, Py_ssize_t rows, Py_ssize_t first_row
             Py_ssize_t n = sink->num_runs;
             if (n + width > sink->capacity) return DECODE_FULL;
             sink->row_begin[y] = (int32_t)n;
-            uint32_t current = pixel_id(cur);
-            const uint8_t *px = cur + channels;
-            for (Py_ssize_t x = 1; x < width; x++, px += channels) {
-                uint32_t id = pixel_id(px);
-                if (id != current) {
-                    sink->run_end[n] = (int32_t)x;
-                    sink->run_id[n++] = current;
-                    current = id;
-                }
+            /* Pixel x continues the run while its bytes repeat those `channels` bytes to the left, which
+             * is checked 8 bytes at a time; a mismatch at byte j starts a run at pixel j / channels. */
+            Py_ssize_t start = 0, j = channels;
+            while (j < stride) {
+                j += first_mismatch(cur + j, cur + j - channels, stride - j);
+                if (j >= stride) break;
+                Py_ssize_t x = j / channels;
+                sink->run_end[n] = (int32_t)x;
+                sink->run_id[n++] = pixel_id(cur + start * channels);
+                start = x;
+                j = (x + 1) * channels;
             }
             sink->run_end[n] = (int32_t)width;
-            sink->run_id[n++] = current;
+            sink->run_id[n++] = pixel_id(cur + start * channels);
             sink->row_end[y] = (int32_t)n;
             sink->num_runs = n;
         }
-        memcpy(prev, cur, (size_t)stride);
+        uint8_t *t = prev;
+        prev = cur;
+        cur = t;
     }
+    memcpy(carried, prev, (size_t)stride);
     return DECODE_OK;
+}
+
+/* decode_rows_for with the channel count as a constant (3 or 4), so that per-pixel arithmetic and the
+ * filters' byte offsets compile to fixed strides. */
+static int decode_rows(const uint8_t *src, Py_ssize_t rows, Py_ssize_t first_row, Py_ssize_t width, int channels,
+                       uint8_t *carried, uint8_t *scratch, RowSink *sink, Py_ssize_t *bad_row, int *bad_type) {
+    if (channels == 3) return decode_rows_for(src, rows, first_row, width, 3, carried, scratch, sink, bad_row, bad_type);
+    return decode_rows_for(src, rows, first_row, width, 4, carried, scratch, sink, bad_row, bad_type);
 }
 
 /* Shared argument checks of unfilter_ids / unfilter_runs; returns the number of rows or -1. */
@@ -227,7 +288,7 @@ static PyObject *unfilter_ids(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unfilter_ids: the output buffer is too small");
         goto done;
     }
-    cur = calloc((size_t)(width * channels) + 1, 1);
+    cur = calloc(2 * ((size_t)(width * channels) + 1), 1); /* decode_rows' scratch */
     if (!cur) {
         PyErr_NoMemory();
         goto done;
@@ -266,7 +327,7 @@ static PyObject *unfilter_runs(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unfilter_runs: row or run buffers of the wrong size");
         goto done;
     }
-    cur = calloc((size_t)(width * channels) + 1, 1);
+    cur = calloc(2 * ((size_t)(width * channels) + 1), 1); /* decode_rows' scratch */
     if (!cur) {
         PyErr_NoMemory();
         goto done;
@@ -282,6 +343,202 @@ done:
     free(cur);
     PyBuffer_Release(&data);
     PyBuffer_Release(&prev);
+    PyBuffer_Release(&row_begin);
+    PyBuffer_Release(&row_end);
+    PyBuffer_Release(&run_end);
+    PyBuffer_Release(&run_id);
+    return result;
+}
+
+/* ---- Inflating natively with zlib-ng ----------------------------------------------------------------
+ * The zlib-ng Python package (a dependency) links zlib-ng into its extension module and exports its native
+ * API (zng_inflateInit2, zng_inflate, zng_inflateEnd). load_zlib_ng(path) resolves those functions from the
+ * already-loaded module, so whole images are inflated, unfiltered and turned into runs in one C call: no
+ * Python object per piece of inflated data, and the inflated rows stay in a small cache-resident buffer.
+ * Without it (another platform, another zlib-ng build) Python inflates piece by piece instead. */
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#define HAVE_DLOPEN 1
+#endif
+
+/* zlib-ng's native stream structure (zlib-ng.h, zlib-ng 2.x ABI). */
+typedef struct {
+    const uint8_t *next_in;
+    uint32_t avail_in;
+    size_t total_in;
+    uint8_t *next_out;
+    uint32_t avail_out;
+    size_t total_out;
+    const char *msg;
+    void *state;
+    void *(*zalloc)(void *, unsigned int, unsigned int);
+    void (*zfree)(void *, void *);
+    void *opaque;
+    int data_type;
+    uint32_t adler;
+    unsigned long reserved;
+} ZngStream;
+
+enum { ZNG_OK = 0, ZNG_STREAM_END = 1, ZNG_NO_FLUSH = 0 };
+
+static int32_t (*zng_inflate_init2)(ZngStream *, int32_t) = NULL;
+static int32_t (*zng_inflate_step)(ZngStream *, int32_t) = NULL;
+static int32_t (*zng_inflate_end)(ZngStream *) = NULL;
+
+static PyObject *load_zlib_ng(PyObject *self, PyObject *args) {
+    const char *path;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+#ifdef HAVE_DLOPEN
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (handle) {
+        const char *(*version)(void) = (const char *(*)(void))dlsym(handle, "zlibng_version");
+        void *init = dlsym(handle, "zng_inflateInit2"), *step = dlsym(handle, "zng_inflate");
+        void *end = dlsym(handle, "zng_inflateEnd");
+        if (version && init && step && end && version()[0] == '2' && version()[1] == '.') {
+            zng_inflate_init2 = (int32_t(*)(ZngStream *, int32_t))init;
+            zng_inflate_step = (int32_t(*)(ZngStream *, int32_t))step;
+            zng_inflate_end = (int32_t(*)(ZngStream *))end;
+            Py_RETURN_TRUE;
+        }
+    }
+#endif
+    Py_RETURN_FALSE;
+}
+
+enum { INFLATE_BAD_STREAM = -3, INFLATE_SHORT = -4 };
+
+/* Inflate a whole PNG zlib stream a few rows at a time and decode the rows into `sink`. */
+static int inflate_rows(const uint8_t *stream, Py_ssize_t stream_len, Py_ssize_t height, Py_ssize_t width,
+                        int channels, RowSink *sink, Py_ssize_t *bad_row, int *bad_type) {
+    Py_ssize_t row_bytes = width * channels + 1;
+    Py_ssize_t rows_per_fill = row_bytes >= 32768 ? 1 : 32768 / row_bytes;
+    uint8_t *buffer = malloc((size_t)(rows_per_fill * row_bytes));
+    uint8_t *prev = calloc((size_t)(3 * row_bytes), 1); /* the carried row, then decode_rows' scratch */
+    if (!buffer || !prev) {
+        free(buffer);
+        free(prev);
+        return -100;
+    }
+    uint8_t *cur = prev + row_bytes;
+    ZngStream zs;
+    memset(&zs, 0, sizeof zs);
+    int status = DECODE_OK;
+    if (zng_inflate_init2(&zs, 15) != ZNG_OK) {
+        status = INFLATE_BAD_STREAM;
+        goto done_no_end;
+    }
+    zs.next_in = stream;
+    Py_ssize_t remaining_in = stream_len;
+    int ended = 0;
+    for (Py_ssize_t row = 0; row < height && status == DECODE_OK;) {
+        Py_ssize_t rows = height - row < rows_per_fill ? height - row : rows_per_fill;
+        zs.next_out = buffer;
+        zs.avail_out = (uint32_t)(rows * row_bytes);
+        while (zs.avail_out && !ended) {
+            if (!zs.avail_in && remaining_in) {
+                zs.avail_in = remaining_in > (Py_ssize_t)1 << 30 ? 1u << 30 : (uint32_t)remaining_in;
+                remaining_in -= zs.avail_in;
+            }
+            int32_t z = zng_inflate_step(&zs, ZNG_NO_FLUSH);
+            if (z == ZNG_STREAM_END) {
+                ended = 1;
+            } else if (z != ZNG_OK || (!zs.avail_in && !remaining_in && zs.avail_out)) {
+                status = z == ZNG_OK ? INFLATE_SHORT : INFLATE_BAD_STREAM;
+                break;
+            }
+        }
+        if (status != DECODE_OK) break;
+        if (zs.avail_out) {
+            status = INFLATE_SHORT;
+            break;
+        }
+        status = decode_rows(buffer, rows, row, width, channels, prev, cur, sink, bad_row, bad_type);
+        row += rows;
+    }
+    zng_inflate_end(&zs);
+done_no_end:
+    free(buffer);
+    free(prev);
+    return status;
+}
+
+static PyObject *inflate_error(int status, Py_ssize_t bad_row, int bad_type) {
+    if (status == -100) return PyErr_NoMemory();
+    if (status == INFLATE_BAD_STREAM) {
+        PyErr_SetString(PyExc_ValueError, "the zlib stream of the image data is damaged");
+        return NULL;
+    }
+    if (status == INFLATE_SHORT) {
+        PyErr_SetString(PyExc_ValueError, "the zlib stream ends before the image's last row");
+        return NULL;
+    }
+    return finish_decode(status, bad_row, bad_type);
+}
+
+static int check_image(Py_ssize_t height, Py_ssize_t width, int channels) {
+    if (!zng_inflate_step) {
+        PyErr_SetString(PyExc_RuntimeError, "zlib-ng is not loaded; call load_zlib_ng first");
+        return -1;
+    }
+    if (height <= 0 || width <= 0 || (channels != 3 && channels != 4) || width > (1 << 24) ||
+        height > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "an image of 3 or 4 channels and positive size is needed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *inflate_ids(PyObject *self, PyObject *args) {
+    Py_buffer stream, out;
+    Py_ssize_t height, width;
+    int channels;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nniw*", &stream, &height, &width, &channels, &out)) return NULL;
+    PyObject *result = NULL;
+    if (check_image(height, width, channels)) goto done;
+    if (out.len < height * width * (Py_ssize_t)sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "inflate_ids: the output buffer is too small");
+        goto done;
+    }
+    RowSink sink = {out.buf, NULL, NULL, NULL, NULL, 0, 0};
+    Py_ssize_t bad_row = -1;
+    int bad_type = 0, status;
+    Py_BEGIN_ALLOW_THREADS
+    status = inflate_rows(stream.buf, stream.len, height, width, channels, &sink, &bad_row, &bad_type);
+    Py_END_ALLOW_THREADS
+    result = status == DECODE_OK ? Py_NewRef(Py_None) : inflate_error(status, bad_row, bad_type);
+done:
+    PyBuffer_Release(&stream);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyObject *inflate_runs(PyObject *self, PyObject *args) {
+    Py_buffer stream, row_begin, row_end, run_end, run_id;
+    Py_ssize_t height, width;
+    int channels;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nniw*w*w*w*", &stream, &height, &width, &channels, &row_begin, &row_end,
+                          &run_end, &run_id))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_image(height, width, channels)) goto done;
+    Py_ssize_t capacity = run_end.len / (Py_ssize_t)sizeof(int32_t);
+    if (row_begin.len < height * (Py_ssize_t)sizeof(int32_t) || row_end.len != row_begin.len ||
+        run_id.len != capacity * (Py_ssize_t)sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "inflate_runs: row or run buffers of the wrong size");
+        goto done;
+    }
+    RowSink sink = {NULL, row_begin.buf, row_end.buf, run_end.buf, run_id.buf, 0, capacity};
+    Py_ssize_t bad_row = -1;
+    int bad_type = 0, status;
+    Py_BEGIN_ALLOW_THREADS
+    status = inflate_rows(stream.buf, stream.len, height, width, channels, &sink, &bad_row, &bad_type);
+    Py_END_ALLOW_THREADS
+    result = status == DECODE_OK ? PyLong_FromSsize_t(sink.num_runs) : inflate_error(status, bad_row, bad_type);
+done:
+    PyBuffer_Release(&stream);
     PyBuffer_Release(&row_begin);
     PyBuffer_Release(&row_end);
     PyBuffer_Release(&run_end);
@@ -348,54 +605,73 @@ static int compare_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Pair counting shared by the dense and the run inputs: a row's (code, length) runs are kept until the
- * next row differs, so rows equal to the one above (in both maps) only bump `repeat`. */
+/* Pair counting shared by the dense and the run inputs. A row's (code, length) runs are collected in
+ * `row_*`; while rows keep the same sequence of codes (boundaries moving a little, as from one row of a
+ * segment map to the next) their lengths are summed in `sums`, and the hash map sees the sequence once
+ * when it changes. A row equal to the one above (in both maps) is not even scanned: counter_repeat_row. */
 typedef struct {
     PairMap map;
-    uint64_t *codes;
-    int64_t *lengths;
-    Py_ssize_t num, capacity;
-    int64_t repeat;
+    uint64_t *codes, *row_codes;
+    int64_t *sums, *row_lengths;
+    Py_ssize_t num, row_num, capacity;
     int failed;
 } Counter;
 
 static int counter_init(Counter *c, Py_ssize_t width) {
     c->capacity = 2 * width + 1;
     c->codes = malloc((size_t)c->capacity * sizeof(uint64_t));
-    c->lengths = malloc((size_t)c->capacity * sizeof(int64_t));
-    c->num = 0;
-    c->repeat = 0;
+    c->row_codes = malloc((size_t)c->capacity * sizeof(uint64_t));
+    c->sums = malloc((size_t)c->capacity * sizeof(int64_t));
+    c->row_lengths = malloc((size_t)c->capacity * sizeof(int64_t));
+    c->num = c->row_num = 0;
     c->failed = 0;
-    if (map_init(&c->map, 1024) || !c->codes || !c->lengths) return -1;
+    if (map_init(&c->map, 1024) || !c->codes || !c->row_codes || !c->sums || !c->row_lengths) return -1;
     return 0;
 }
 
 static void counter_free(Counter *c) {
     map_free(&c->map);
     free(c->codes);
-    free(c->lengths);
+    free(c->row_codes);
+    free(c->sums);
+    free(c->row_lengths);
 }
 
-/* Flush the pending row (times its repeats) and start a new one. */
-static void counter_new_row(Counter *c) {
-    for (Py_ssize_t k = 0; k < c->num && !c->failed; k++)
-        c->failed = map_add(&c->map, c->codes[k], c->lengths[k] * c->repeat);
+static void counter_flush(Counter *c) {
+    for (Py_ssize_t k = 0; k < c->num && !c->failed; k++) c->failed = map_add(&c->map, c->codes[k], c->sums[k]);
     c->num = 0;
-    c->repeat = 1;
 }
+
+static inline void counter_begin_row(Counter *c) { c->row_num = 0; }
 
 static inline void counter_push(Counter *c, uint64_t code, int64_t length) {
-    if (c->num && c->codes[c->num - 1] == code) {
-        c->lengths[c->num - 1] += length;
+    if (c->row_num && c->row_codes[c->row_num - 1] == code) {
+        c->row_lengths[c->row_num - 1] += length;
     } else {
-        c->codes[c->num] = code;
-        c->lengths[c->num++] = length;
+        c->row_codes[c->row_num] = code;
+        c->row_lengths[c->row_num++] = length;
     }
+}
+
+static void counter_end_row(Counter *c) {
+    Py_ssize_t n = c->row_num;
+    if (n != c->num || memcmp(c->row_codes, c->codes, (size_t)n * sizeof(uint64_t))) {
+        counter_flush(c);
+        memcpy(c->codes, c->row_codes, (size_t)n * sizeof(uint64_t));
+        memset(c->sums, 0, (size_t)n * sizeof(int64_t));
+        c->num = n;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) c->sums[k] += c->row_lengths[k];
+}
+
+/* The row equals the last one ended: add its lengths again. */
+static inline void counter_repeat_row(Counter *c) {
+    for (Py_ssize_t k = 0; k < c->row_num; k++) c->sums[k] += c->row_lengths[k];
 }
 
 /* The (codes, counts) tuple of bytes, codes sorted. */
 static PyObject *counter_result(Counter *c) {
-    counter_new_row(c);
+    counter_flush(c);
     if (c->failed) return PyErr_NoMemory();
     PairMap *map = &c->map;
     PyObject *codes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(map->size * sizeof(uint64_t)));
@@ -426,7 +702,7 @@ static PyObject *pair_counts(PyObject *self, PyObject *args) {
     (void)self;
     if (!PyArg_ParseTuple(args, "y*y*n", &gt, &pred, &width)) return NULL;
     PyObject *result = NULL;
-    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, 0, 0, 0, 0};
+    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     Py_ssize_t n = gt.len / (Py_ssize_t)sizeof(uint32_t);
     if (gt.len != pred.len || gt.len % (Py_ssize_t)sizeof(uint32_t) || width <= 0 || n % width) {
         PyErr_Format(PyExc_ValueError,
@@ -444,10 +720,10 @@ static PyObject *pair_counts(PyObject *self, PyObject *args) {
     for (Py_ssize_t y = 0; y * width < n && !counter.failed && !too_large; y++) {
         const uint32_t *g = (const uint32_t *)gt.buf + y * width, *p = (const uint32_t *)pred.buf + y * width;
         if (y > 0 && !memcmp(g, g - width, row_bytes) && !memcmp(p, p - width, row_bytes)) {
-            counter.repeat++;
+            counter_repeat_row(&counter);
             continue;
         }
-        counter_new_row(&counter);
+        counter_begin_row(&counter);
         Py_ssize_t start = 0;
         for (Py_ssize_t x = 1; x <= width; x++) {
             if (x < width && g[x] == g[start] && p[x] == p[start]) continue;
@@ -458,6 +734,7 @@ static PyObject *pair_counts(PyObject *self, PyObject *args) {
             counter_push(&counter, ((uint64_t)g[start] << 24) | p[start], x - start);
             start = x;
         }
+        counter_end_row(&counter);
     }
     Py_END_ALLOW_THREADS
     if (too_large)
@@ -495,7 +772,7 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
                           &pred.row_begin, &pred.row_end, &pred.run_end, &pred.run_id, &height, &width))
         return NULL;
     PyObject *result = NULL;
-    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, 0, 0, 0, 0};
+    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     if (height < 0 || width <= 0 || !runs_valid(&gt, height) || !runs_valid(&pred, height)) {
         PyErr_SetString(PyExc_ValueError, "pair_counts_runs: run buffers that do not describe the image's rows");
         goto done;
@@ -511,10 +788,10 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
     const uint32_t *g_id = gt.run_id.buf, *p_id = pred.run_id.buf;
     for (Py_ssize_t y = 0; y < height && !counter.failed && !broken; y++) {
         if (y > 0 && gb[y] == gb[y - 1] && ge[y] == ge[y - 1] && pb[y] == pb[y - 1] && pe[y] == pe[y - 1]) {
-            counter.repeat++;
+            counter_repeat_row(&counter);
             continue;
         }
-        counter_new_row(&counter);
+        counter_begin_row(&counter);
         /* Merge the two rows' runs: each piece between consecutive run ends has one (gt, pred) pair. */
         Py_ssize_t i = gb[y], j = pb[y];
         int32_t x = 0;
@@ -529,6 +806,7 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
             if (g_end[i] == stop) i++;
             if (p_end[j] == stop) j++;
         }
+        counter_end_row(&counter);
     }
     Py_END_ALLOW_THREADS
     if (broken)
@@ -558,6 +836,15 @@ static PyMethodDef methods[] = {
      "-> num_runs: as unfilter_ids, but each row is written as runs of equal ids: row y is runs\n"
      "row_begin[y]..row_end[y]-1 (int32), run k ends before x = run_end[k] (int32) with id run_id[k]\n"
      "(uint32); a row equal to the row above shares its runs. Appends after `num_runs` runs."},
+    {"load_zlib_ng", load_zlib_ng, METH_VARARGS,
+     "load_zlib_ng(path) -> bool: resolve zlib-ng's inflate functions from the zlib_ng module file at\n"
+     "`path`; True when inflate_ids/inflate_runs can be used."},
+    {"inflate_ids", inflate_ids, METH_VARARGS,
+     "inflate_ids(stream, height, width, channels, out): inflate a PNG's zlib stream (all IDAT data) and\n"
+     "write its ids into `out` (height * width uint32), as unfilter_ids does for inflated rows."},
+    {"inflate_runs", inflate_runs, METH_VARARGS,
+     "inflate_runs(stream, height, width, channels, row_begin, row_end, run_end, run_id) -> num_runs:\n"
+     "inflate a PNG's zlib stream and write its rows as runs, as unfilter_runs does."},
     {"pair_counts", pair_counts, METH_VARARGS,
      "pair_counts(gt, pred, width) -> (codes, counts): sorted distinct gt * 2^24 + pred codes of two\n"
      "uint32 id buffers with rows of `width` (uint64 bytes) and their pixel counts (int64 bytes)."},

@@ -26,3 +26,15 @@ def pair_counts_runs(
     height: int,
     width: int,
 ) -> tuple[bytes, bytes]: ...
+def load_zlib_ng(path: str) -> bool: ...
+def inflate_ids(stream: Buffer, height: int, width: int, channels: int, out: Buffer) -> None: ...
+def inflate_runs(
+    stream: Buffer,
+    height: int,
+    width: int,
+    channels: int,
+    row_begin: Buffer,
+    row_end: Buffer,
+    run_end: Buffer,
+    run_id: Buffer,
+) -> int: ...

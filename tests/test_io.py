@@ -59,6 +59,7 @@ def _encode_png(
     *,
     idat_pieces: int = 1,
     bad_filter_row: int | None = None,
+    edit_stream=None,
 ) -> bytes:
     """A PNG of (H, W, 3 or 4) uint8 pixels with the given filter type per row, split into IDAT chunks."""
     h, w, channels = pixels.shape
@@ -71,6 +72,7 @@ def _encode_png(
         )
         prev = row
     stream = zlib.compress(b"".join(rows), 6)
+    stream = stream if edit_stream is None else edit_stream(stream)  # chunk CRCs stay valid
     step = -(-len(stream) // idat_pieces)
     header = struct.pack(">IIBBBBB", w, h, 8, 2 if channels == 3 else 6, 0, 0, 0)
     idats = b"".join(_chunk(b"IDAT", stream[i : i + step]) for i in range(0, len(stream), step))
@@ -86,9 +88,18 @@ def _segment_map(rng: np.random.Generator, h: int, w: int, num_segments: int) ->
     return ids[cells]
 
 
-def test_native_extension_is_built() -> None:
+@pytest.fixture(params=["native_inflate", "python_inflate"], autouse=True)
+def inflate_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with zlib-ng called from C (whole images) and from Python (pieces)."""
+    if request.param == "python_inflate":
+        monkeypatch.setattr(io, "_NATIVE_INFLATE", False)
+    return request.param
+
+
+def test_native_extension_is_built(inflate_path: str) -> None:
     # `make install` builds it; without it every read silently takes the (slow) PIL path.
     assert io._pngids is not None and pq._pngids is not None
+    assert io._NATIVE_INFLATE == (inflate_path == "native_inflate")  # zlib-ng found in the zlib_ng module
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -164,6 +175,10 @@ def test_damaged_files_fall_back_to_pil_errors(tmp_path: Path) -> None:
         "truncated": good[: len(good) // 2],
         "filter": _encode_png(pixels, [4] * 16, bad_filter_row=7),
         "not_png": b"\x00" * 64,
+        "zlib": _encode_png(pixels, [4] * 16, edit_stream=lambda z: z[:20] + bytes([z[20] ^ 0x55]) + z[21:]),
+        "short": _encode_png(
+            pixels, [4] * 16, edit_stream=lambda z: zlib.compress(zlib.decompress(z)[:-100])
+        ),
     }
     for name, data in damaged.items():
         assert decode_panoptic_png(data) is None, name

@@ -177,5 +177,10 @@ def test_errors_name_the_offending_image_of_a_batch(tmp_path: Path, change, mess
 def test_worker_processes_give_the_same_result(tmp_path: Path) -> None:
     gt_json, pred_json = random_case(tmp_path, seed=11, num_images=9)
     one = pq_compute(gt_json, pred_json, workers=1)
-    assert _max_abs_difference(pq_compute(gt_json, pred_json, workers=2), one) < 1e-12
+    two = pq_compute(gt_json, pred_json, workers=2)
+    for key in ("All", "Things", "Stuff"):
+        assert two[key] == pytest.approx(one[key], abs=1e-12)
+    assert two["per_class"].keys() == one["per_class"].keys()
+    for key, values in one["per_class"].items():
+        assert two["per_class"][key] == pytest.approx(values, abs=1e-12)
     assert _max_abs_difference(one, hotcoco_pq_compute(str(gt_json), str(pred_json))) < 1e-9
