@@ -59,6 +59,31 @@ static inline int all_zero(const uint8_t *p, Py_ssize_t n) {
     return 1;
 }
 
+/* 16-bit mask of the bytes where a[0..16) and b[0..16) differ. */
+static inline unsigned differing16(const uint8_t *a, const uint8_t *b) {
+#if defined(__SSE2__)
+    return ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)a),
+                                                       _mm_loadu_si128((const __m128i *)b))) & 0xFFFFu;
+#else
+    unsigned mask = 0;
+    for (int k = 0; k < 16; k++) mask |= (unsigned)(a[k] != b[k]) << k;
+    return mask;
+#endif
+}
+
+static inline int ctz64(uint64_t x) {
+#if defined(__GNUC__)
+    return __builtin_ctzll(x);
+#else
+    int n = 0;
+    while (!(x & 1)) {
+        x >>= 1;
+        n++;
+    }
+    return n;
+#endif
+}
+
 /* Index of the first byte where a[0..n) and b[0..n) differ, n when none does. */
 static inline Py_ssize_t first_mismatch(const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
     Py_ssize_t j = 0;
@@ -110,7 +135,13 @@ static ALWAYS_INLINE int unfilter_row(uint8_t *row, const uint8_t *in, const uin
         return 0;
     case 1:
         for (i = 0; i < bpp && i < n; i++) row[i] = in[i];
-        for (; i < n; i++) row[i] = (uint8_t)(in[i] + row[i - bpp]);
+        while (i < n) {
+            /* Zero differences repeat the pixel to the left: fill the stretch from that one pixel, so
+             * the bytes do not wait on each other. */
+            Py_ssize_t end = i + zero_run(in + i, n - i) / bpp * bpp;
+            for (const uint8_t *left = row + i - bpp; i < end; i += bpp) memcpy(row + i, left, (size_t)bpp);
+            for (Py_ssize_t stop = i + bpp < n ? i + bpp : n; i < stop; i++) row[i] = (uint8_t)(in[i] + row[i - bpp]);
+        }
         return 0;
     case 2:
         for (i = 0; i < n; i++) row[i] = (uint8_t)(in[i] + prev[i]);
@@ -133,13 +164,9 @@ static ALWAYS_INLINE int unfilter_row(uint8_t *row, const uint8_t *in, const uin
                 /* The pixel above equals the one above-left (b == c), so the predictor is the pixel to
                  * the left: while the row above stays constant and the differences are zero, the left
                  * pixel repeats (a horizontal edge between two segments). */
-                Py_ssize_t end = i;
-                while (end + bpp <= n && !in[end] && !in[end + 1] && !in[end + 2] && (bpp == 3 || !in[end + 3]) &&
-                       same_bytes(prev + end, prev + end - bpp, bpp)) {
-                    memcpy(row + end, row + end - bpp, (size_t)bpp);
-                    end += bpp;
-                }
-                i = end;
+                Py_ssize_t zeros = i + zero_run(in + i, n - i) / bpp * bpp, end = i;
+                while (end < zeros && same_bytes(prev + end, prev + end - bpp, bpp)) end += bpp;
+                for (const uint8_t *left = row + i - bpp; i < end; i += bpp) memcpy(row + i, left, (size_t)bpp);
             }
             if (i >= n) break;
             for (Py_ssize_t stop = i + bpp; i < stop; i++) {
@@ -213,17 +240,31 @@ static ALWAYS_INLINE int decode_rows_for(const uint8_t *src, Py_ssize_t rows, Py
             Py_ssize_t n = sink->num_runs;
             if (n + width > sink->capacity) return DECODE_FULL;
             sink->row_begin[y] = (int32_t)n;
-            /* Pixel x continues the run while its bytes repeat those `channels` bytes to the left, which
-             * is checked 8 bytes at a time; a mismatch at byte j starts a run at pixel j / channels. */
-            Py_ssize_t start = 0, j = channels;
-            while (j < stride) {
-                j += first_mismatch(cur + j, cur + j - channels, stride - j);
-                if (j >= stride) break;
-                Py_ssize_t x = j / channels;
-                sink->run_end[n] = (int32_t)x;
-                sink->run_id[n++] = pixel_id(cur + start * channels);
-                start = x;
-                j = (x + 1) * channels;
+            /* Pixel x starts a run where one of its bytes differs from the byte `channels` to the left.
+             * The differing bytes are found 16 at a time into a 64-bit mask without branching; only its
+             * set bits (a few per run start) are visited. */
+            Py_ssize_t start = 0;
+            for (Py_ssize_t base = channels; base < stride; base += 64) {
+                uint64_t bits = 0;
+                for (int q = 0; q < 4; q++) {
+                    Py_ssize_t j = base + 16 * q;
+                    if (j + 16 <= stride) {
+                        bits |= (uint64_t)differing16(cur + j, cur + j - channels) << (16 * q);
+                    } else {
+                        for (Py_ssize_t k = j; k < stride && k < j + 16; k++)
+                            bits |= (uint64_t)(cur[k] != cur[k - channels]) << (k - base);
+                        break;
+                    }
+                }
+                while (bits) {
+                    Py_ssize_t x = (base + (Py_ssize_t)ctz64(bits)) / channels;
+                    bits &= bits - 1;
+                    if (x > start) {
+                        sink->run_end[n] = (int32_t)x;
+                        sink->run_id[n++] = pixel_id(cur + start * channels);
+                        start = x;
+                    }
+                }
             }
             sink->run_end[n] = (int32_t)width;
             sink->run_id[n++] = pixel_id(cur + start * channels);
@@ -753,14 +794,23 @@ typedef struct {
     Py_buffer row_begin, row_end, run_end, run_id;
 } Runs;
 
-static int runs_valid(const Runs *r, Py_ssize_t height) {
+static int runs_valid(const Runs *r, Py_ssize_t height, Py_ssize_t width) {
+    /* Each row's runs must end at strictly increasing columns, the last at the width: then the merge in
+     * pair_counts_runs needs no bounds checks. */
     Py_ssize_t capacity = r->run_end.len / (Py_ssize_t)sizeof(int32_t);
     if (r->row_begin.len < height * (Py_ssize_t)sizeof(int32_t) || r->row_end.len != r->row_begin.len ||
         r->run_id.len != capacity * (Py_ssize_t)sizeof(uint32_t))
         return 0;
-    const int32_t *begin = r->row_begin.buf, *end = r->row_end.buf;
-    for (Py_ssize_t y = 0; y < height; y++)
-        if (begin[y] < 0 || end[y] <= begin[y] || end[y] > capacity) return 0;
+    const int32_t *begin = r->row_begin.buf, *end = r->row_end.buf, *run_end = r->run_end.buf;
+    for (Py_ssize_t y = 0; y < height; y++) {
+        if (begin[y] < 0 || end[y] <= begin[y] || end[y] > capacity || run_end[end[y] - 1] != width) return 0;
+        if (y > 0 && begin[y] == begin[y - 1] && end[y] == end[y - 1]) continue; /* shared with the row above */
+        int32_t x = 0;
+        for (Py_ssize_t k = begin[y]; k < end[y]; k++) {
+            if (run_end[k] <= x) return 0;
+            x = run_end[k];
+        }
+    }
     return 1;
 }
 
@@ -773,20 +823,19 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
-    if (height < 0 || width <= 0 || !runs_valid(&gt, height) || !runs_valid(&pred, height)) {
-        PyErr_SetString(PyExc_ValueError, "pair_counts_runs: run buffers that do not describe the image's rows");
+    if (height < 0 || width <= 0 || !runs_valid(&gt, height, width) || !runs_valid(&pred, height, width)) {
+        PyErr_SetString(PyExc_ValueError, "pair_counts_runs: runs that do not cover each row from 0 to its width");
         goto done;
     }
     if (counter_init(&counter, width)) {
         PyErr_NoMemory();
         goto done;
     }
-    int broken = 0;
     Py_BEGIN_ALLOW_THREADS
     const int32_t *gb = gt.row_begin.buf, *ge = gt.row_end.buf, *g_end = gt.run_end.buf;
     const int32_t *pb = pred.row_begin.buf, *pe = pred.row_end.buf, *p_end = pred.run_end.buf;
     const uint32_t *g_id = gt.run_id.buf, *p_id = pred.run_id.buf;
-    for (Py_ssize_t y = 0; y < height && !counter.failed && !broken; y++) {
+    for (Py_ssize_t y = 0; y < height && !counter.failed; y++) {
         if (y > 0 && gb[y] == gb[y - 1] && ge[y] == ge[y - 1] && pb[y] == pb[y - 1] && pe[y] == pe[y - 1]) {
             counter_repeat_row(&counter);
             continue;
@@ -796,10 +845,6 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
         Py_ssize_t i = gb[y], j = pb[y];
         int32_t x = 0;
         while (x < width) {
-            if (i >= ge[y] || j >= pe[y] || g_end[i] <= x || p_end[j] <= x) {
-                broken = 1;
-                break;
-            }
             int32_t stop = g_end[i] < p_end[j] ? g_end[i] : p_end[j];
             counter_push(&counter, ((uint64_t)(g_id[i] & 0xFFFFFFu) << 24) | (p_id[j] & 0xFFFFFFu), stop - x);
             x = stop;
@@ -809,10 +854,7 @@ static PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
         counter_end_row(&counter);
     }
     Py_END_ALLOW_THREADS
-    if (broken)
-        PyErr_SetString(PyExc_ValueError, "pair_counts_runs: a row's runs do not cover it from 0 to its width");
-    else
-        result = counter_result(&counter);
+    result = counter_result(&counter);
 done:
     counter_free(&counter);
     PyBuffer_Release(&gt.row_begin);

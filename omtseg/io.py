@@ -276,12 +276,16 @@ def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None 
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a readable image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image file not found: {path}. Check the dataset root and file name.")
     if _pngids is not None:
         try:
-            width, height, channels, stream = _png_stream(path.read_bytes())
+            with open(path, "rb") as file:
+                data = file.read()
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(
+                f"Image file not found: {path}. Check the dataset root and file name."
+            ) from None
+        try:
+            width, height, channels, stream = _png_stream(data)
             if reuse is None or reuse.row_begin.size < height or reuse.run_end.size < height * width:
                 reuse = PanopticRuns(
                     height=height,

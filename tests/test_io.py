@@ -233,7 +233,7 @@ def test_native_functions_reject_inconsistent_buffers() -> None:
     with pytest.raises(ValueError, match="wrong size"):
         _pngids.unfilter_runs(b"\x00" * 7, 2, 3, bytearray(6), 0, *args[:3], np.zeros(1, np.uint32), 0)
     broken = (runs.row_begin, runs.row_end, np.array([1, 1], np.int32), runs.run_id)
-    with pytest.raises(ValueError, match="do not cover"):
+    with pytest.raises(ValueError, match="do not cover each row"):
         _pngids.pair_counts_runs(broken, args, 1, 2)
     with pytest.raises(ValueError, match="one size"):
         _pngids.pair_counts(np.zeros(4, np.uint32), np.zeros(3, np.uint32), 1)

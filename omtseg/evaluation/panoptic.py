@@ -41,17 +41,21 @@ def _segments(ann: dict[str, Any], category_index: dict[int, int], what: str) ->
             f"The {what} annotation of image {ann.get('image_id')!r} has no `segments_info` list; "
             "write annotations in COCO panoptic format."
         )
-    unknown = sorted({s["category_id"] for s in info} - category_index.keys(), key=str)
-    if unknown:
+    try:
+        rows = [(s["id"], category_index[s["category_id"]], s.get("iscrowd", 0), s.get("area", 0)) for s in info]
+    except KeyError:
+        unknown = sorted({s.get("category_id") for s in info} - category_index.keys(), key=str)
+        if unknown:
+            raise ValueError(
+                f"In image {ann.get('image_id')!r} {what} segments have unknown category_id {unknown}; use "
+                "the category ids of the ground-truth JSON's `categories`."
+            ) from None
         raise ValueError(
-            f"In image {ann.get('image_id')!r} {what} segments have unknown category_id {unknown}; use the "
-            "category ids of the ground-truth JSON's `categories`."
-        )
-    ids = np.array([s["id"] for s in info], dtype=np.int64)
-    labels = np.array([category_index[s["category_id"]] for s in info], dtype=np.int64)
-    crowd = np.array([bool(s.get("iscrowd", 0)) for s in info], dtype=bool)
-    areas = np.array([s.get("area", 0) for s in info], dtype=np.int64)
-    return ids, labels, crowd, areas
+            f"In image {ann.get('image_id')!r} a {what} segment has no `id`; give every segment of "
+            "`segments_info` an `id` and a `category_id`."
+        ) from None
+    table = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return table[:, 0], table[:, 1], table[:, 2].astype(bool), table[:, 3]
 
 
 def _score_images(
@@ -64,8 +68,8 @@ def _score_images(
     for gt_ann, pred_ann in jobs:
         gt_ids, gt_labels, gt_crowd, gt_areas = _segments(gt_ann, category_index, "ground-truth")
         pred_ids, pred_labels, _, _ = _segments(pred_ann, category_index, "predicted")
-        gt_buffer = read_panoptic_runs(gt_folder / gt_ann["file_name"], gt_buffer)
-        pred_buffer = read_panoptic_runs(pred_folder / pred_ann["file_name"], pred_buffer)
+        gt_buffer = read_panoptic_runs(os.path.join(gt_folder, gt_ann["file_name"]), gt_buffer)
+        pred_buffer = read_panoptic_runs(os.path.join(pred_folder, pred_ann["file_name"]), pred_buffer)
         batch.add(
             gt_map=gt_buffer,
             gt_ids=gt_ids,
