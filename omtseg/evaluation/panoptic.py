@@ -9,9 +9,11 @@ share :class:`omtseg.evaluation.pq.ImageBatch`.
 
 from __future__ import annotations
 
+import gc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,9 @@ def _segments(ann: dict[str, Any], category_index: dict[int, int], what: str) ->
             "write annotations in COCO panoptic format."
         )
     try:
-        rows = [(s["id"], category_index[s["category_id"]], s.get("iscrowd", 0), s.get("area", 0)) for s in info]
+        rows = [
+            (s["id"], category_index[s["category_id"]], s.get("iscrowd", 0), s.get("area", 0)) for s in info
+        ]
     except KeyError:
         unknown = sorted({s.get("category_id") for s in info} - category_index.keys(), key=str)
         if unknown:
@@ -59,6 +63,26 @@ def _segments(ann: dict[str, Any], category_index: dict[int, int], what: str) ->
 
 
 def _score_images(
+    jobs: list[_Job], gt_folder: Path, pred_folder: Path, category_index: dict[int, int]
+) -> PQStats:
+    with _no_gc():
+        return _score_images_unguarded(jobs, gt_folder, pred_folder, category_index)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: scoring allocates many short-lived acyclic objects, and
+    collections triggered by them took ~3% of the time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _score_images_unguarded(
     jobs: list[_Job], gt_folder: Path, pred_folder: Path, category_index: dict[int, int]
 ) -> PQStats:
     batch = ImageBatch(len(category_index))
