@@ -219,6 +219,16 @@ def test_native_pair_counts_equal_numpy(tmp_path: Path) -> None:
             assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
 
 
+def test_pair_counts_of_many_segments_take_the_hash_map(tmp_path: Path) -> None:
+    # Over 2^20 (gt, pred) label combinations the dense grid is not used; the hash map gives the same.
+    rng = np.random.default_rng(5)
+    gt = rng.choice(np.arange(1, 256**3), size=(40, 60), replace=False)  # 2400 distinct ids
+    pred = np.roll(rng.choice(np.arange(1, 256**3), size=(40, 60), replace=False), 1, axis=1)
+    expected = pq._pair_counts(gt.astype(np.int64), pred.astype(np.int64))
+    got = pq._pair_counts(PanopticRuns.from_ids(gt), PanopticRuns.from_ids(pred))
+    assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
 def test_native_functions_reject_inconsistent_buffers() -> None:
     from omtseg import _pngids
 
