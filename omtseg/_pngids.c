@@ -114,6 +114,13 @@ static inline int same_bytes(const uint8_t *p, const uint8_t *q, int bpp) {
 /* Number of leading zero bytes of p[0..n). */
 static inline Py_ssize_t zero_run(const uint8_t *p, Py_ssize_t n) {
     Py_ssize_t i = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 16 <= n; i += 16) {
+        unsigned nonzero = ~(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + i)), zero)) & 0xFFFFu;
+        if (nonzero) return i + __builtin_ctz(nonzero);
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
@@ -241,29 +248,28 @@ static ALWAYS_INLINE int decode_rows_for(const uint8_t *src, Py_ssize_t rows, Py
             if (n + width > sink->capacity) return DECODE_FULL;
             sink->row_begin[y] = (int32_t)n;
             /* Pixel x starts a run where one of its bytes differs from the byte `channels` to the left.
-             * The differing bytes are found 16 at a time into a 64-bit mask without branching; only its
-             * set bits (a few per run start) are visited. */
-            Py_ssize_t start = 0;
-            for (Py_ssize_t base = channels; base < stride; base += 64) {
-                uint64_t bits = 0;
-                for (int q = 0; q < 4; q++) {
-                    Py_ssize_t j = base + 16 * q;
-                    if (j + 16 <= stride) {
-                        bits |= (uint64_t)differing16(cur + j, cur + j - channels) << (16 * q);
-                    } else {
-                        for (Py_ssize_t k = j; k < stride && k < j + 16; k++)
-                            bits |= (uint64_t)(cur[k] != cur[k - channels]) << (k - base);
-                        break;
-                    }
+             * Windows of 16 whole pixels are compared 16 bytes at a time into a byte mask, which is folded
+             * to one bit per pixel (at its first byte); only those bits are visited, one per run start. */
+            Py_ssize_t start = 0, window = 16 * channels;
+            const uint64_t firsts = channels == 3 ? 0x249249249249ull : 0x1111111111111111ull;
+            for (Py_ssize_t base = channels; base < stride; base += window) {
+                uint64_t bytes = 0;
+                if (base + window <= stride) {
+                    for (int q = 0; q < channels; q++)
+                        bytes |= (uint64_t)differing16(cur + base + 16 * q, cur + base + 16 * q - channels) << (16 * q);
+                } else {
+                    for (Py_ssize_t k = base; k < stride; k++)
+                        bytes |= (uint64_t)(cur[k] != cur[k - channels]) << (k - base);
                 }
-                while (bits) {
-                    Py_ssize_t x = (base + (Py_ssize_t)ctz64(bits)) / channels;
-                    bits &= bits - 1;
-                    if (x > start) {
-                        sink->run_end[n] = (int32_t)x;
-                        sink->run_id[n++] = pixel_id(cur + start * channels);
-                        start = x;
-                    }
+                uint64_t pixels = bytes | bytes >> 1 | bytes >> 2;
+                if (channels == 4) pixels |= bytes >> 3;
+                pixels &= firsts;
+                while (pixels) {
+                    Py_ssize_t x = (base + (Py_ssize_t)ctz64(pixels)) / channels;
+                    pixels &= pixels - 1;
+                    sink->run_end[n] = (int32_t)x;
+                    sink->run_id[n++] = pixel_id(cur + start * channels);
+                    start = x;
                 }
             }
             sink->run_end[n] = (int32_t)width;

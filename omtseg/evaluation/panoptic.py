@@ -2,9 +2,10 @@
 
 ``pq_compute`` has the signature, defaults and result layout of the COCO panoptic API's
 ``panopticapi.evaluation.pq_compute``; the malformed predictions it rejects raise ``ValueError`` (panopticapi
-raises ``KeyError``/``Exception``) and missing files ``FileNotFoundError``. Images are spread over a process
-pool. ``PanopticQuality`` is a torchmetrics ``Metric`` over in-memory results with the same numbers; both
-share :class:`omtseg.evaluation.pq.ImageBatch`.
+raises ``KeyError``/``Exception``) and missing files ``FileNotFoundError``. PNGs are decoded to runs by the
+native extension (see :func:`omtseg.io.read_panoptic_runs`) in a pool of threads. ``PanopticQuality`` is a
+torchmetrics ``Metric`` over in-memory results with the same numbers; both share
+:class:`omtseg.evaluation.pq.ImageBatch`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from omtseg.evaluation.pq import ImageBatch, PQStats, paint_targets, summarize
 from omtseg.io import load_json, read_panoptic_runs
 from omtseg.types import PanopticResult, Targets, Vocabulary
 
-_IMAGES_PER_WORKER = 64
+_IMAGES_PER_WORKER = 16
 
 # (gt annotation, pred annotation) pairs with what a worker needs to read and score them.
 _Job = tuple[dict[str, Any], dict[str, Any]]
@@ -62,13 +63,6 @@ def _segments(ann: dict[str, Any], category_index: dict[int, int], what: str) ->
     return table[:, 0], table[:, 1], table[:, 2].astype(bool), table[:, 3]
 
 
-def _score_images(
-    jobs: list[_Job], gt_folder: Path, pred_folder: Path, category_index: dict[int, int]
-) -> PQStats:
-    with _no_gc():
-        return _score_images_unguarded(jobs, gt_folder, pred_folder, category_index)
-
-
 @contextmanager
 def _no_gc() -> Iterator[None]:
     """Pause Python's cyclic garbage collector: scoring allocates many short-lived acyclic objects, and
@@ -82,7 +76,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _score_images_unguarded(
+def _score_images(
     jobs: list[_Job], gt_folder: Path, pred_folder: Path, category_index: dict[int, int]
 ) -> PQStats:
     batch = ImageBatch(len(category_index))
@@ -123,8 +117,8 @@ def pq_compute(
         pred_json_file: prediction JSON with ``annotations`` (``image_id``, ``file_name``, ``segments_info``).
         gt_folder: folder of ground-truth PNGs; defaults to ``gt_json_file`` without ``.json``.
         pred_folder: folder of predicted PNGs; defaults to ``pred_json_file`` without ``.json``.
-        workers: processes; defaults to the CPU count (one per 64 images at most), 1 scores in this
-            process.
+        workers: threads; defaults to the CPU count (one per 16 images at most); 1 scores in the calling
+            thread.
 
     Returns:
         ``{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {category_id: {"pq",
@@ -169,20 +163,22 @@ def pq_compute(
     jobs: list[_Job] = [(ann, predictions[ann["image_id"]]) for ann in gt_json["annotations"]]
 
     if workers is None:
-        # A process costs ~20 ms to start and an image ~1 ms to score: small sets stay in this process.
         workers = max(1, min(os.cpu_count() or 1, len(jobs) // _IMAGES_PER_WORKER))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
     stats = PQStats.zeros(len(categories))
-    if workers == 1 or len(jobs) <= 1:
-        stats += _score_images(jobs, folders[0], folders[1], category_index)
-    else:
-        # A few chunks per worker balance images of uneven cost without per-image pickling overhead.
-        chunks = [c for c in (jobs[i :: workers * 4] for i in range(workers * 4)) if c]
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-            futures = [pool.submit(_score_images, c, folders[0], folders[1], category_index) for c in chunks]
-            for future in futures:
-                stats += future.result()
+    with _no_gc():
+        if workers == 1 or len(jobs) <= 1:
+            stats += _score_images(jobs, folders[0], folders[1], category_index)
+        else:
+            # Threads, not processes: decoding and pair counting run in C with the GIL released, and
+            # threads need no fork and no pickling. A few chunks per thread balance uneven images.
+            chunks = [c for c in (jobs[i :: workers * 4] for i in range(workers * 4)) if c]
+            with ThreadPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+                for chunk_stats in pool.map(
+                    lambda chunk: _score_images(chunk, folders[0], folders[1], category_index), chunks
+                ):
+                    stats += chunk_stats
     return summarize(
         stats,
         is_thing=[c.get("isthing", 0) == 1 for c in categories],

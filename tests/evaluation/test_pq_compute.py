@@ -174,7 +174,7 @@ def test_errors_name_the_offending_image_of_a_batch(tmp_path: Path, change, mess
         pq_compute(gt_json, pred_json, workers=1)
 
 
-def test_worker_processes_give_the_same_result(tmp_path: Path) -> None:
+def test_worker_threads_give_the_same_result(tmp_path: Path) -> None:
     gt_json, pred_json = random_case(tmp_path, seed=11, num_images=9)
     one = pq_compute(gt_json, pred_json, workers=1)
     two = pq_compute(gt_json, pred_json, workers=2)
