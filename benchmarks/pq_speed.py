@@ -260,7 +260,7 @@ def _measure(
     """Median seconds of each implementation on one dataset, ratios to omtseg and agreement with it."""
     candidates: dict[str, Callable[[], dict[str, Any]]] = {
         "omtseg": lambda: pq_compute(gt_json, pred_json, workers=workers),
-        "omtseg_1_worker": lambda: pq_compute(gt_json, pred_json, workers=1),
+        "omtseg_1_worker": lambda: pq_compute(gt_json, pred_json, workers=1),  # one thread
         "hotcoco": lambda: hotcoco_pq_compute(str(gt_json), str(pred_json)),
     }
     if panopticapi is not None:
@@ -288,7 +288,7 @@ def run(out_dir: Path, num_images: int = 200, workers: int | None = None, repeat
         out_dir: working folder (data, the throwaway panopticapi install, ``pq_speed.json``).
         num_images: images per dataset: 640x480 Voronoi maps with 20 segments (the top-level figures), and
             maps derived from the real COCO sample (``coco_maps``: 640x480/640x427 with 18/32 segments).
-        workers: processes for omtseg's ``pq_compute``; defaults to the CPU count.
+        workers: threads for omtseg's ``pq_compute``; defaults to the CPU count.
         repeats: timed runs per implementation; medians are reported.
 
     Returns:
