@@ -281,7 +281,7 @@ def _measure(
     }
 
 
-def run(out_dir: Path, num_images: int = 200, workers: int | None = None, repeats: int = 3) -> dict[str, Any]:
+def run(out_dir: Path, num_images: int = 200, workers: int | None = None, repeats: int = 5) -> dict[str, Any]:
     """Build the two datasets under ``out_dir``, time the implementations, write and return the numbers.
 
     Args:
@@ -324,6 +324,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/pq_speed"))
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(json.dumps(run(args.out, args.num_images, args.workers, args.repeats), indent=2))

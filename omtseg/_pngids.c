@@ -1,25 +1,24 @@
 /*
- * omtseg._pngids: the two hot loops of panoptic evaluation in C.
+ * omtseg._pngids: the hot loops of panoptic evaluation in C (used by omtseg.io and omtseg.evaluation.pq).
  *
- * unfilter_ids(data, width, channels, prev, out, first_row) -> rows
- *     `data` is a run of whole rows of a PNG image's inflated IDAT stream (8-bit samples, not
- *     interlaced, RGB or RGBA): each row is one filter-type byte and width * channels bytes. The PNG
- *     filters (None, Sub, Up, Average, Paeth; PNG spec section 9) are undone row by row, and each
- *     pixel's segment id R + 256 G + 256^2 B (alpha ignored) is written to rows first_row, ... of
- *     `out`, a writable buffer of at least (first_row + rows) * width native uint32. `prev` (a
- *     writable width * channels bytes, zeros before the first row) carries the last reconstructed
- *     row from one call to the next, so the stream can be inflated and undone in small pieces.
+ * Panoptic PNGs (8-bit RGB or RGBA, not interlaced) hold segment ids R + 256 G + 256^2 B. PQ only needs,
+ * per image, the pixel count of every (ground truth id, predicted id) pair, so ids are kept as runs of
+ * equal ids along rows, never as a dense map:
  *
- * pair_counts(gt, pred, width) -> (codes, counts)
- *     `gt` and `pred` are equally long buffers of native uint32 segment ids (< 2^24), rows of `width`
- *     pixels. Returns two
- *     bytes objects: the sorted distinct codes gt * 2^24 + pred as native uint64 and their pixel
- *     counts as native int64, i.e. the intersection of every (ground truth, prediction) segment pair.
- *     Segment maps are piecewise constant, so consecutive equal pairs are counted as one run before
- *     they touch the hash table, and a row (of both maps) equal to the row above is not scanned.
+ *   decoding   the PNG row filters (None, Sub, Up, Average, Paeth; PNG specification section 9) are undone
+ *              row by row into two alternating scratch rows; a row whose Up/Paeth differences are all zero
+ *              repeats the row above and shares its runs; elsewhere run starts are found 16 bytes at a time.
+ *              unfilter_ids / unfilter_runs take inflated rows (Python inflates); inflate_ids / inflate_runs
+ *              inflate the zlib stream themselves through zlib-ng's C functions (see load_zlib_ng).
+ *   counting   pair_counts_runs merges the two images' runs row by row: each piece between consecutive
+ *              run ends is one (gt, pred) pair. Runs are first given dense labels per image, so pieces
+ *              add into a (gt label, pred label) grid; very large grids fall back to a hash map, which
+ *              pair_counts (dense uint32 maps) uses too.
  *
- * Both release the GIL while they run. Written for omtseg from the PNG specification; no code taken
- * from elsewhere.
+ * Run layout (PanopticRuns in omtseg.io): row y is runs row_begin[y] .. row_end[y] - 1 (int32); run k
+ * ends before column run_end[k] (int32) and has id run_id[k] (uint32). Every function releases the GIL
+ * while it works and raises ValueError for inconsistent input. Written for omtseg from the PNG, zlib
+ * (RFC 1950) and zlib-ng API documentation; no code taken from elsewhere.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -84,27 +83,6 @@ static inline int ctz64(uint64_t x) {
 #endif
 }
 
-/* Index of the first byte where a[0..n) and b[0..n) differ, n when none does. */
-static inline Py_ssize_t first_mismatch(const uint8_t *a, const uint8_t *b, Py_ssize_t n) {
-    Py_ssize_t j = 0;
-#if defined(__SSE2__)
-    for (; j + 16 <= n; j += 16) {
-        int same = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(a + j)),
-                                                    _mm_loadu_si128((const __m128i *)(b + j))));
-        if (same != 0xFFFF) return j + __builtin_ctz(~same & 0xFFFF);
-    }
-#endif
-    for (; j + 8 <= n; j += 8) {
-        uint64_t x = load64(a + j) ^ load64(b + j);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
-        if (x) return j + __builtin_ctzll(x) / 8;
-#else
-        if (x) break;
-#endif
-    }
-    while (j < n && a[j] == b[j]) j++;
-    return j;
-}
 
 /* p[0..bpp) == q[0..bpp) for the 3 or 4 bytes of a pixel. */
 static inline int same_bytes(const uint8_t *p, const uint8_t *q, int bpp) {
@@ -426,7 +404,7 @@ typedef struct {
     unsigned long reserved;
 } ZngStream;
 
-enum { ZNG_OK = 0, ZNG_STREAM_END = 1, ZNG_NO_FLUSH = 0 };
+enum { ZNG_OK = 0, ZNG_STREAM_END = 1, ZNG_BUF_ERROR = -5, ZNG_NO_FLUSH = 0, ZNG_FINISH = 4 };
 
 static int32_t (*zng_inflate_init2)(ZngStream *, int32_t) = NULL;
 static int32_t (*zng_inflate_step)(ZngStream *, int32_t) = NULL;
@@ -455,15 +433,21 @@ static PyObject *load_zlib_ng(PyObject *self, PyObject *args) {
 
 enum { INFLATE_BAD_STREAM = -3, INFLATE_SHORT = -4 };
 
-/* Inflate a whole PNG zlib stream a few rows at a time and decode the rows into `sink`. */
+/* Inflate a whole PNG zlib stream and decode its rows into `sink`. With a caller's `whole` buffer of at
+ * least height * (row bytes) the image is inflated in one call with Z_FINISH, so zlib-ng needs no sliding
+ * window (no copies into it); callers reuse that buffer across images, so its pages are touched once.
+ * Without one, a few rows at a time go through a small buffer. */
 static int inflate_rows(const uint8_t *stream, Py_ssize_t stream_len, Py_ssize_t height, Py_ssize_t width,
-                        int channels, RowSink *sink, Py_ssize_t *bad_row, int *bad_type) {
+                        int channels, uint8_t *whole, Py_ssize_t whole_len, RowSink *sink, Py_ssize_t *bad_row,
+                        int *bad_type) {
     Py_ssize_t row_bytes = width * channels + 1;
-    Py_ssize_t rows_per_fill = row_bytes >= 32768 ? 1 : 32768 / row_bytes;
-    uint8_t *buffer = malloc((size_t)(rows_per_fill * row_bytes));
+    int one_call = whole && whole_len >= height * row_bytes;
+    Py_ssize_t rows_per_fill = one_call ? height : row_bytes >= 32768 ? 1 : 32768 / row_bytes;
+    uint8_t *owned = one_call ? NULL : malloc((size_t)(rows_per_fill * row_bytes));
+    uint8_t *buffer = one_call ? whole : owned;
     uint8_t *prev = calloc((size_t)(3 * row_bytes), 1); /* the carried row, then decode_rows' scratch */
     if (!buffer || !prev) {
-        free(buffer);
+        free(owned);
         free(prev);
         return -100;
     }
@@ -491,9 +475,11 @@ static int inflate_rows(const uint8_t *stream, Py_ssize_t stream_len, Py_ssize_t
                 zs.avail_in = remaining_in > (Py_ssize_t)1 << 30 ? 1u << 30 : (uint32_t)remaining_in;
                 remaining_in -= zs.avail_in;
             }
-            int32_t z = zng_inflate_step(&zs, ZNG_NO_FLUSH);
+            int32_t z = zng_inflate_step(&zs, one_call && !remaining_in ? ZNG_FINISH : ZNG_NO_FLUSH);
             if (z == ZNG_STREAM_END) {
                 ended = 1;
+            } else if (z == ZNG_BUF_ERROR && !zs.avail_out) {
+                break; /* every row is out; data after them is ignored */
             } else if (z != ZNG_OK || (!zs.avail_in && !remaining_in && zs.avail_out)) {
                 status = z == ZNG_OK ? INFLATE_SHORT : INFLATE_BAD_STREAM;
                 break;
@@ -509,7 +495,7 @@ static int inflate_rows(const uint8_t *stream, Py_ssize_t stream_len, Py_ssize_t
     }
     zng_inflate_end(&zs);
 done_no_end:
-    free(buffer);
+    free(owned);
     free(prev);
     return status;
 }
@@ -556,7 +542,7 @@ static PyObject *inflate_ids(PyObject *self, PyObject *args) {
     Py_ssize_t bad_row = -1;
     int bad_type = 0, status;
     Py_BEGIN_ALLOW_THREADS
-    status = inflate_rows(stream.buf, stream.len, height, width, channels, &sink, &bad_row, &bad_type);
+    status = inflate_rows(stream.buf, stream.len, height, width, channels, NULL, 0, &sink, &bad_row, &bad_type);
     Py_END_ALLOW_THREADS
     result = status == DECODE_OK ? Py_NewRef(Py_None) : inflate_error(status, bad_row, bad_type);
 done:
@@ -566,12 +552,12 @@ done:
 }
 
 static PyObject *inflate_runs(PyObject *self, PyObject *args) {
-    Py_buffer stream, row_begin, row_end, run_end, run_id;
+    Py_buffer stream, row_begin, row_end, run_end, run_id, whole = {0};
     Py_ssize_t height, width;
     int channels;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nniw*w*w*w*", &stream, &height, &width, &channels, &row_begin, &row_end,
-                          &run_end, &run_id))
+    if (!PyArg_ParseTuple(args, "y*nniw*w*w*w*|w*", &stream, &height, &width, &channels, &row_begin, &row_end,
+                          &run_end, &run_id, &whole))
         return NULL;
     PyObject *result = NULL;
     if (check_image(height, width, channels)) goto done;
@@ -585,7 +571,8 @@ static PyObject *inflate_runs(PyObject *self, PyObject *args) {
     Py_ssize_t bad_row = -1;
     int bad_type = 0, status;
     Py_BEGIN_ALLOW_THREADS
-    status = inflate_rows(stream.buf, stream.len, height, width, channels, &sink, &bad_row, &bad_type);
+    status = inflate_rows(stream.buf, stream.len, height, width, channels, whole.buf, whole.buf ? whole.len : 0,
+                          &sink, &bad_row, &bad_type);
     Py_END_ALLOW_THREADS
     result = status == DECODE_OK ? PyLong_FromSsize_t(sink.num_runs) : inflate_error(status, bad_row, bad_type);
 done:
@@ -594,6 +581,7 @@ done:
     PyBuffer_Release(&row_end);
     PyBuffer_Release(&run_end);
     PyBuffer_Release(&run_id);
+    if (whole.buf) PyBuffer_Release(&whole);
     return result;
 }
 
@@ -1061,8 +1049,9 @@ static PyMethodDef methods[] = {
      "inflate_ids(stream, height, width, channels, out): inflate a PNG's zlib stream (all IDAT data) and\n"
      "write its ids into `out` (height * width uint32), as unfilter_ids does for inflated rows."},
     {"inflate_runs", inflate_runs, METH_VARARGS,
-     "inflate_runs(stream, height, width, channels, row_begin, row_end, run_end, run_id) -> num_runs:\n"
-     "inflate a PNG's zlib stream and write its rows as runs, as unfilter_runs does."},
+     "inflate_runs(stream, height, width, channels, row_begin, row_end, run_end, run_id[, whole]) -> num_runs:\n"
+     "inflate a PNG's zlib stream and write its rows as runs, as unfilter_runs does. `whole`, a writable\n"
+     "buffer of height * (width * channels + 1) bytes reused across images, makes inflating faster."},
     {"pair_counts", pair_counts, METH_VARARGS,
      "pair_counts(gt, pred, width) -> (codes, counts): sorted distinct gt * 2^24 + pred codes of two\n"
      "uint32 id buffers with rows of `width` (uint64 bytes) and their pixel counts (int64 bytes)."},

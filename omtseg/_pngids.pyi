@@ -37,4 +37,5 @@ def inflate_runs(
     row_end: Buffer,
     run_end: Buffer,
     run_id: Buffer,
+    whole: Buffer = ...,
 ) -> int: ...

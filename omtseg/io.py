@@ -13,7 +13,7 @@ import types
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +225,8 @@ class PanopticRuns:
     row_end: np.ndarray
     run_end: np.ndarray
     run_id: np.ndarray
+    # Room for a whole inflated image, kept for the next image decoded into these buffers.
+    scratch: bytearray | None = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -298,7 +300,10 @@ def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None 
             reuse.height, reuse.width = height, width
             buffers = (reuse.row_begin, reuse.row_end, reuse.run_end, reuse.run_id)
             if _NATIVE_INFLATE:
-                _pngids.inflate_runs(stream, height, width, channels, *buffers)
+                inflated = height * (width * channels + 1)
+                if reuse.scratch is None or len(reuse.scratch) < inflated:
+                    reuse.scratch = bytearray(inflated)
+                _pngids.inflate_runs(stream, height, width, channels, *buffers, reuse.scratch)
                 return reuse
             previous, num_runs = bytearray(width * channels), 0
             for row, piece in _pieces(stream, height, width * channels + 1):
