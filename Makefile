@@ -16,7 +16,7 @@ help: ## list the targets
 # torch is installed first and pinned: any later resolution is then satisfied by 2.13.0 (CPU) and
 # pip never downloads another torch or its CUDA packages. torchscale/fairscale are the parity
 # references only, installed without their dependency pins (they would pull torchvision/timm).
-$(STAMP): pyproject.toml setup.py omtseg/_pngids.c
+$(STAMP): pyproject.toml setup.py $(wildcard omtseg/_native/*.c omtseg/_native/*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"

@@ -8,6 +8,12 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=[
-        Extension("omtseg._pngids", sources=["omtseg/_pngids.c"], extra_compile_args=["-O3"], optional=True)
+        Extension(
+            "omtseg._pngids",
+            sources=[f"omtseg/_native/{name}.c" for name in ("module", "rows", "inflate", "pairs")],
+            depends=["omtseg/_native/pngids.h"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        )
     ]
 )

@@ -1,4 +1,4 @@
-# Type stub of the native extension built from omtseg/_pngids.c (see its header comment).
+# Type stub of the native extension built from omtseg/_native/ (design: omtseg/_native/module.c).
 from typing import Any
 
 # Any object with the buffer protocol (bytes, bytearray, memoryview, C-contiguous numpy arrays).

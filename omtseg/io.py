@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-try:  # built from omtseg/_pngids.c at install time; optional (no C compiler -> the PIL path below)
+try:  # built from omtseg/_native/*.c at install time; optional (no C compiler -> the PIL path below)
     from omtseg import _pngids
 except ImportError:  # pragma: no cover - depends on the install
     _pngids = None  # type: ignore[assignment]

@@ -26,7 +26,7 @@ import torch
 from omtseg.io import PanopticRuns
 from omtseg.types import Targets
 
-try:  # optional native extension (omtseg/_pngids.c); the numpy path below gives the same counts
+try:  # optional native extension (omtseg/_native/); the numpy path below gives the same counts
     from omtseg import _pngids
 except ImportError:  # pragma: no cover - depends on the install
     _pngids = None  # type: ignore[assignment]
