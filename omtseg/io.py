@@ -152,6 +152,8 @@ def _png_stream(data: bytes) -> tuple[int, int, int, bytes | memoryview]:
         raise _Unreadable
     if not width or not height:
         raise _Unreadable
+    if Image.MAX_IMAGE_PIXELS and width * height > 2 * Image.MAX_IMAGE_PIXELS:
+        raise _Unreadable  # a damaged or hostile header: PIL's decompression-bomb error names it
     return width, height, 3 if color_type == 2 else 4, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 

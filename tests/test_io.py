@@ -264,3 +264,57 @@ def test_without_the_extension_results_are_the_same(tmp_path: Path, monkeypatch:
         read_panoptic_runs(tmp_path / "gt.png"), read_panoptic_runs(tmp_path / "pred.png")
     )
     assert np.array_equal(native[0], fallback[0]) and np.array_equal(native[1], fallback[1])
+
+
+def test_damaged_bytes_never_crash(tmp_path: Path) -> None:
+    # Random damage behind valid chunk CRCs reaches inflate, the filters and the run buffers: every read must
+    # end in ids of the declared size or in the clear ValueError, never in a crash or a wrong-size result.
+    rng = np.random.default_rng(6)
+    pixels = id2rgb(_segment_map(rng, 24, 31, 5))
+    filters = [int(k) for k in rng.integers(0, 5, size=24)]
+    good = _encode_png(pixels, filters)
+    outcomes = {"ids": 0, "error": 0}
+    idat_start = 8 + 25 + 8
+    idat_len = struct.unpack(">I", good[8 + 25 : 8 + 29])[0]
+    for trial in range(300):
+        data = bytearray(good)
+        kind = trial % 3
+        if kind == 0:  # flip bytes of the zlib stream
+            for pos in rng.integers(idat_start, idat_start + idat_len, size=int(rng.integers(1, 4))):
+                data[pos] ^= int(rng.integers(1, 256))
+        elif kind == 1:  # replace the stream with a valid one of other content (wrong filters, sizes)
+            raw = rng.integers(0, 256, size=int(rng.integers(1, 3000)), dtype=np.uint8).tobytes()
+            data = bytearray(good[: 8 + 25] + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b""))
+        else:  # another declared size
+            h, w = int(rng.integers(1, 60)), int(rng.integers(1, 60))
+            header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+            data = bytearray(good[:8] + _chunk(b"IHDR", header) + good[8 + 25 :])
+        if kind == 0:
+            data[idat_start + idat_len : idat_start + idat_len + 4] = struct.pack(
+                ">I", zlib.crc32(bytes(data[idat_start - 4 : idat_start + idat_len]))
+            )
+        path = tmp_path / f"{trial}.png"
+        path.write_bytes(bytes(data))
+        declared = struct.unpack(">II", bytes(data[16:24]))
+        for read in (read_panoptic_ids, lambda p: read_panoptic_runs(p).to_ids()):
+            try:
+                ids = read(path)
+            except ValueError as e:
+                assert "corrupt or truncated" in str(e)
+                outcomes["error"] += 1
+            else:
+                assert ids.shape == (declared[1], declared[0])
+                outcomes["ids"] += 1
+    assert min(outcomes.values()) >= 10, outcomes  # both ends were exercised
+
+
+def test_huge_declared_size_is_refused_without_allocating(tmp_path: Path) -> None:
+    pixels = id2rgb(np.zeros((4, 4), np.int64))
+    good = _encode_png(pixels, [0] * 4)
+    header = struct.pack(">IIBBBBB", 200_000, 200_000, 8, 2, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(good[:8] + _chunk(b"IHDR", header) + good[8 + 25 :])
+    assert decode_panoptic_png(path.read_bytes()) is None
+    for read in (read_panoptic_ids, read_panoptic_runs):
+        with pytest.raises(ValueError, match="bomb.png"):
+            read(path)
