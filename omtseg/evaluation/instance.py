@@ -3,8 +3,9 @@
 Masks are run-length encoded as they arrive, so a whole validation set fits in memory; ``compute`` builds
 the COCO ground-truth and detection sets and runs ``COCOeval`` (max 100 detections per image). Stuff
 classes are left out on both sides; crowd thing segments enter as ``iscrowd`` ground truth, which COCO
-never counts as missed and lets absorb detections. This is a plain accumulator: in multi-process runs,
-gather the predictions on one process before ``compute``.
+never counts as missed and lets absorb detections. In multi-process runs (an initialised
+``torch.distributed`` group), ``compute`` first gathers every process's encoded images, so each process
+reports the AP of the whole split, as the torchmetrics metrics of the other tasks do.
 """
 
 from __future__ import annotations
@@ -99,14 +100,14 @@ class InstanceAP:
                 {"image_id": image_id, "category_id": int(labels[k]), "segmentation": rle, **extra}
             )
 
-    def _coco(self, annotations: list[dict[str, Any]]) -> COCO:
+    def _coco(self, images: list[dict[str, int]], annotations: list[dict[str, Any]]) -> COCO:
         for i, ann in enumerate(annotations, start=1):
             ann["id"] = i
             ann["area"] = float(mask_utils.area(ann["segmentation"]))
             ann["bbox"] = mask_utils.toBbox(ann["segmentation"]).tolist()
         coco = COCO()
         coco.dataset = {
-            "images": self._images,
+            "images": images,
             "annotations": annotations,
             "categories": [{"id": k} for k, thing in enumerate(self.vocabulary.is_thing) if thing],
         }
@@ -114,12 +115,31 @@ class InstanceAP:
             coco.createIndex()
         return coco
 
+    def _gathered(self) -> tuple[list[dict[str, int]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Images, ground truth and detections of every process (image ids renumbered), or this one's."""
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._images, self._gt, self._dt
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, (self._images, self._gt, self._dt))
+        images: list[dict[str, int]] = []
+        gt: list[dict[str, Any]] = []
+        dt: list[dict[str, Any]] = []
+        for part_images, part_gt, part_dt in parts:
+            offset = len(images)
+            images += [{**image, "id": image["id"] + offset} for image in part_images]
+            gt += [{**ann, "image_id": ann["image_id"] + offset} for ann in part_gt]
+            dt += [{**ann, "image_id": ann["image_id"] + offset} for ann in part_dt]
+        return images, gt, dt
+
     def compute(self) -> dict[str, float]:
         """``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` as fractions in [0, 1]; NaN where COCO has no
-        ground truth to score (no thing segment at all, or none in an area range)."""
-        if not self._images:
+        ground truth to score (no thing segment at all, or none in an area range). Over all processes'
+        images when ``torch.distributed`` is initialised (a collective call: every process must call it)."""
+        images, gt, dt = self._gathered()
+        if not images:
             return dict.fromkeys(METRIC_NAMES, float("nan"))
-        evaluator = COCOeval(self._coco(self._gt), self._coco(self._dt), iouType="segm")
+        evaluator = COCOeval(self._coco(images, gt), self._coco(images, dt), iouType="segm")
         with contextlib.redirect_stdout(io.StringIO()):
             evaluator.evaluate()
             evaluator.accumulate()

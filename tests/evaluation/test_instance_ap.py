@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 import torch
@@ -95,3 +96,62 @@ def test_bad_inputs_raise() -> None:
         metric.update([_result([cat], [7], [0.5])], [_targets([cat], [0])])
     with pytest.raises(ValueError, match="1 predictions for 0 targets"):
         metric.update([_result([cat], [0], [0.5])], [])
+
+
+RANGES = ((0, 12), (0, 20), (-2, 3), (-2, 3))  # box corner y, x and the prediction's shift dy, dx
+
+
+def _random_images(seed: int, count: int) -> list[tuple[InstanceResult, Targets]]:
+    """Images with 1-3 boxes of random classes; predictions shifted a little, with random scores."""
+    gen = torch.Generator().manual_seed(seed)
+    images = []
+    for _ in range(count):
+        truth, found, labels = [], [], []
+        for _ in range(int(torch.randint(1, 4, (), generator=gen))):
+            y0, x0, dy, dx = (int(torch.randint(lo, hi, (), generator=gen)) for lo, hi in RANGES)
+            truth.append(_box(20, 30, y0, y0 + 7, x0, x0 + 9))
+            found.append(_box(20, 30, max(y0 + dy, 0), y0 + dy + 7, max(x0 + dx, 0), x0 + dx + 9))
+            labels.append(int(torch.randint(0, 2, (), generator=gen)))
+        scores = torch.rand(len(found), generator=gen).tolist()
+        images.append((_result(found, labels, scores), _targets(truth, labels)))
+    return images
+
+
+def _distributed_ap(rank: int, world_size: int, port: int, queue) -> None:
+    address = f"tcp://127.0.0.1:{port}"
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
+    metric = InstanceAP(vocabulary=VOCABULARY)
+    for pred, target in _random_images(0, 12)[rank::world_size]:  # each process sees its share
+        metric.update([pred], [target])
+    queue.put((rank, metric.compute()))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_compute_gathers_every_process(free_port: int) -> None:
+    # Two processes that each saw half of the images report the AP of all of them.
+    whole = InstanceAP(vocabulary=VOCABULARY)
+    for pred, target in _random_images(0, 12):
+        whole.update([pred], [target])
+    expected = whole.compute()
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_distributed_ap, args=(r, 2, free_port, queue)) for r in range(2)]
+    for process in processes:
+        process.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    single = InstanceAP(vocabulary=VOCABULARY)
+    for pred, target in _random_images(0, 12)[0::2]:
+        single.update([pred], [target])
+    assert single.compute()["AP"] != pytest.approx(expected["AP"])  # half the images alone differ
+    for rank in range(2):
+        assert results[rank] == pytest.approx(expected, nan_ok=True)
