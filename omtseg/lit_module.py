@@ -234,28 +234,47 @@ class OMTSegModule(L.LightningModule):
     def _evaluate(self, split: str, batch: Batch) -> None:
         if batch.targets is None and batch.semantic is None:
             raise ValueError(f"{split} needs labelled batches; its dataloader gives images without labels.")
-        # Score at the transformed content size, where the labels are: predictions are made for an
-        # "original" size equal to the resized one (no flip) and the batch padding is cut off the labels.
-        infos = [replace(i, orig_size=i.resized_size, flipped=False) for i in batch.infos]
         metrics = self._split_metrics(split, batch.vocabulary, labelled=batch.targets is not None)
         tasks = [t for t in self.eval_tasks if t in metrics]
-        results = self.model.predict(replace(batch, infos=infos), tasks=tasks)
-        if batch.targets is not None:
-            targets = [_crop_targets(t, i.resized_size) for t, i in zip(batch.targets, infos, strict=True)]
+        targets: list[Targets] | None
+        if batch.originals is not None:
+            # As official evaluations do: predictions resized back to each image's original size and scored
+            # against the untransformed ground truth.
+            results = self.model.predict(
+                replace(batch, infos=[replace(i, flipped=False) for i in batch.infos]), tasks=tasks
+            )
+            truths = [o.semantic_labels() for o in batch.originals] if "semantic" in metrics else []
+            targets = None
+            if batch.targets is not None:
+                targets = [o.targets for o in batch.originals if o.targets is not None]
+                assert len(targets) == len(batch), "EvalTransform keeps the targets of labelled samples"
+        else:
+            # Score at the transformed content size, where the labels are: predictions are made for an
+            # "original" size equal to the resized one (no flip) and the batch padding is cut off the labels.
+            infos = [replace(i, orig_size=i.resized_size, flipped=False) for i in batch.infos]
+            results = self.model.predict(replace(batch, infos=infos), tasks=tasks)
+            # batch.semantic holds the labels of mIoU-only benchmarks; else they follow from the targets.
+            truths = []
+            for i, info in enumerate(infos if "semantic" in metrics else []):
+                h, w = info.resized_size
+                if batch.semantic is not None:
+                    truths.append(batch.semantic[i, :h, :w])
+                else:
+                    assert batch.targets is not None  # one of the two was checked above
+                    truths.append(batch.targets[i].semantic()[:h, :w])
+            targets = None
+            if batch.targets is not None:
+                targets = [
+                    _crop_targets(t, i.resized_size) for t, i in zip(batch.targets, infos, strict=True)
+                ]
+        if targets is not None:
             if "panoptic" in metrics:
                 metrics["panoptic"].update([r.panoptic for r in results], targets)
             if "instance" in metrics:
                 metrics["instance"].update([r.instances for r in results], targets)
         if "semantic" in metrics:
-            for i, (r, info) in enumerate(zip(results, infos, strict=True)):
-                h, w = info.resized_size
-                # batch.semantic holds the labels of mIoU-only benchmarks; else they follow from the targets.
-                if batch.semantic is not None:
-                    truth = batch.semantic[i]
-                else:
-                    assert batch.targets is not None  # one of the two was checked above
-                    truth = batch.targets[i].semantic()
-                metrics["semantic"].update(r.semantic, truth[:h, :w])
+            for r, truth in zip(results, truths, strict=True):
+                metrics["semantic"].update(r.semantic, truth)
 
     def _log_metrics(self, split: str) -> None:
         if split not in self.metrics:

@@ -162,6 +162,35 @@ class ImageInfo:
 
 
 @dataclass
+class OriginalLabels:
+    """An evaluation image's ground truth at its original size (``ImageInfo.orig_size``), kept beside the
+    resized labels so metrics compare predictions at the original resolution, as official evaluations do.
+
+    Attributes:
+        targets: ground truth at (H0, W0), or None for mIoU-only benchmarks.
+        semantic: (H0, W0) int64 semantic labels of mIoU-only benchmarks (IGNORE_INDEX at ignore), or None.
+    """
+
+    targets: Targets | None
+    semantic: Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> OriginalLabels:
+        """A copy with every tensor on ``device``."""
+        return OriginalLabels(
+            targets=None if self.targets is None else self.targets.to(device, non_blocking),
+            semantic=None if self.semantic is None else self.semantic.to(device, non_blocking=non_blocking),
+        )
+
+    def semantic_labels(self) -> Tensor:
+        """(H0, W0) int64 semantic labels: ``semantic`` or the ones derived from ``targets``."""
+        if self.semantic is not None:
+            return self.semantic
+        if self.targets is None:
+            raise ValueError("OriginalLabels holds neither targets nor a semantic map.")
+        return self.targets.semantic()
+
+
+@dataclass
 class Sample:
     """One transformed image with its ground truth.
 
@@ -171,12 +200,14 @@ class Sample:
         semantic: (H, W) int64 semantic labels for mIoU-only benchmarks (IGNORE_INDEX at ignore),
             or None when derived from ``targets``.
         info: provenance and size bookkeeping.
+        original: the ground truth at the original size (evaluation transforms that keep it), or None.
     """
 
     image: Tensor
     targets: Targets | None
     info: ImageInfo
     semantic: Tensor | None = None
+    original: OriginalLabels | None = None
 
 
 @dataclass
@@ -190,6 +221,8 @@ class Batch:
         semantic: (B, H, W) int64 or None, IGNORE_INDEX at ignore and padding.
         infos: per image.
         vocabulary: the class list the batch's labels index.
+        originals: per image, the ground truth at the original size (metrics are then computed there),
+            or None.
     """
 
     images: Tensor
@@ -198,6 +231,7 @@ class Batch:
     infos: list[ImageInfo]
     vocabulary: Vocabulary
     semantic: Tensor | None = None
+    originals: list[OriginalLabels] | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -213,6 +247,9 @@ class Batch:
             infos=self.infos,
             vocabulary=self.vocabulary,
             semantic=None if self.semantic is None else self.semantic.to(device, non_blocking=non_blocking),
+            originals=None
+            if self.originals is None
+            else [o.to(device, non_blocking) for o in self.originals],
         )
 
     def pin_memory(self) -> Batch:
@@ -224,6 +261,7 @@ class Batch:
             infos=self.infos,
             vocabulary=self.vocabulary,
             semantic=None if self.semantic is None else self.semantic.pin_memory(),
+            originals=self.originals,
         )
 
 

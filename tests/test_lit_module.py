@@ -10,13 +10,15 @@ import torch
 from lion_pytorch import Lion
 
 from omtseg.data.datamodule import PanopticDataModule, SyntheticData
+from omtseg.evaluation.export import export_panoptic_predictions
+from omtseg.evaluation.panoptic import pq_compute
 from omtseg.lit_module import OMTSegModule, remap_targets
 from omtseg.modeling.backbone.beit3 import beit3_tiny
 from omtseg.modeling.criterion import SetCriterion
 from omtseg.modeling.matcher import HungarianMatcher
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.optim import param_groups
-from omtseg.types import Targets
+from omtseg.types import Batch, ImageInfo, ImageResult, PanopticResult, PanopticSegment, Targets
 
 TINY = dict(
     backbone="tiny", img_size=64, adapter_channels=32, conv_dim=32, mask_dim=32, num_pixel_decoder_layers=1,
@@ -268,3 +270,43 @@ def test_checkpoint_of_another_model_or_program_is_rejected(
         OMTSegModule.load_from_checkpoint(
             tmp_path / "foreign.ckpt", model=_module().model, criterion=module.criterion
         )
+
+
+def test_test_metrics_are_scored_at_the_original_size(tmp_path: Path) -> None:
+    # Images of 64 px evaluated at 48 px: predictions go back to 64 px and meet the untransformed ground
+    # truth, so `omtseg test` gives the PQ that the COCO panoptic API computes on exported files.
+    root = tmp_path / "synthetic"
+    dm = PanopticDataModule(
+        root=str(root), synthetic=SyntheticData(num_train=2, num_val=2, num_test=3, image_size=64),
+        batch_size=2, crop_size=64, min_scale=1.0, max_scale=1.0, eval_size=48,
+    )
+    module = _module(eval_tasks=("panoptic",))
+    exported: list[tuple[ImageInfo, PanopticResult]] = []
+
+    def predict(batch: Batch, tasks) -> list[ImageResult]:
+        # A known prediction: each image's ground truth without its last segment, at the original size.
+        results = []
+        for info, original in zip(batch.infos, batch.originals, strict=True):
+            truth = original.targets
+            assert info.orig_size == (64, 64) and tuple(truth.void.shape) == (64, 64)
+            id_map = torch.zeros(info.orig_size, dtype=torch.int32)
+            segments = []
+            for k in range(max(len(truth.labels) - 1, 1)):
+                id_map[truth.masks[k]] = k + 1
+                segments.append(PanopticSegment(
+                    id=k + 1, label=int(truth.labels[k]), is_thing=bool(truth.is_thing[k]), score=1.0,
+                    area=int(truth.masks[k].sum()),
+                ))
+            panoptic = PanopticResult(id_map=id_map, segments=segments)
+            exported.append((info, panoptic))
+            results.append(ImageResult(info=info, panoptic=panoptic))
+        return results
+
+    module.model.predict = predict
+    (metrics,) = _trainer(tmp_path).test(module, datamodule=dm, verbose=False)
+    vocabulary = dm.datasets["test"].vocabulary
+    export_panoptic_predictions(exported, vocabulary=vocabulary, json_path=tmp_path / "pred.json")
+    gt_folder = root / "panoptic" / "test"
+    reference = pq_compute(root / "panoptic_test.json", tmp_path / "pred.json", gt_folder=gt_folder)
+    assert 0.0 < reference["All"]["pq"] < 1.0
+    assert metrics["test/pq"] == pytest.approx(100.0 * reference["All"]["pq"], abs=1e-3)

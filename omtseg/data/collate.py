@@ -102,6 +102,7 @@ def collate(
             semantic[i, : sem.shape[0], : sem.shape[1]] = sem
         semantic[padding_mask] = IGNORE_INDEX
 
+    originals = [s.original for s in samples]
     return Batch(
         images=images,
         padding_mask=padding_mask,
@@ -109,4 +110,5 @@ def collate(
         infos=[s.info for s in samples],
         vocabulary=vocabulary,
         semantic=semantic,
+        originals=None if any(o is None for o in originals) else [o for o in originals if o is not None],
     )

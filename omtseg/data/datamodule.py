@@ -147,6 +147,8 @@ class PanopticDataModule(LightningDataModule):
         min_scale: smallest training short side, as a multiple of ``crop_size``.
         max_scale: largest training short side, as a multiple of ``crop_size``.
         eval_size: long side of evaluation/prediction images, pixels; None keeps the original size.
+        eval_at_original_size: score val/test predictions resized back to each image's original size
+            against the untransformed ground truth, as official evaluations do; False scores at ``eval_size``.
         size_divisibility: pad every batch to a multiple of this (the backbone's largest stride).
         seed: seed of the training order and augmentation.
     """
@@ -170,6 +172,7 @@ class PanopticDataModule(LightningDataModule):
         min_scale: float = 0.5,
         max_scale: float = 2.0,
         eval_size: int | None = 640,
+        eval_at_original_size: bool = True,
         size_divisibility: int = 32,
         seed: int = 0,
     ) -> None:
@@ -196,7 +199,9 @@ class PanopticDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.train_transform = TrainTransform(crop_size=crop_size, min_scale=min_scale, max_scale=max_scale)
-        self.eval_transform = EvalTransform(size=eval_size, size_divisibility=size_divisibility)
+        self.eval_transform = EvalTransform(
+            size=eval_size, size_divisibility=size_divisibility, keep_original=eval_at_original_size
+        )
         self.size_divisibility = size_divisibility
         self.seed = seed
         self.datasets: dict[str, CocoPanopticDataset | ImageFolderDataset] = {}

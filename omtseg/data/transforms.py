@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omtseg.types import IGNORE_INDEX, Sample, Targets
+from omtseg.types import IGNORE_INDEX, OriginalLabels, Sample, Targets
 
 _VOID = -1  # index-map code: void pixel (or padding)
 _NONE = -2  # index-map code: in no segment and not void (datasets that do not label every pixel)
@@ -248,18 +248,27 @@ class EvalTransform:
         size: target long side in pixels; None keeps the original size.
         size_divisibility: pad height and width up to a multiple of this (1: no padding); the
             backbone's largest stride (32) keeps every feature level aligned.
+        keep_original: also keep the untransformed ground truth (``Sample.original``), so that metrics
+            compare predictions resized back to the original size with it, as official evaluations do.
     """
 
-    def __init__(self, *, size: int | None = 640, size_divisibility: int = 32) -> None:
+    def __init__(
+        self, *, size: int | None = 640, size_divisibility: int = 32, keep_original: bool = False
+    ) -> None:
         if size is not None and size < 1:
             raise ValueError(f"size must be a positive number of pixels or None, got {size}.")
         if size_divisibility < 1:
             raise ValueError(f"size_divisibility must be >= 1, got {size_divisibility}.")
         self.size = size
         self.size_divisibility = size_divisibility
+        self.keep_original = keep_original
 
     def __call__(self, sample: Sample, generator: torch.Generator | None = None) -> Sample:
         """Resize and pad one sample (deterministic; ``generator`` is accepted for a uniform call)."""
+        labelled = sample.targets is not None or sample.semantic is not None
+        original = None
+        if self.keep_original and labelled:
+            original = OriginalLabels(sample.targets, sample.semantic)
         layers = _to_layers(sample)
         h, w = layers.size
         if self.size is not None:
@@ -267,4 +276,5 @@ class EvalTransform:
         content = layers.size
         d = self.size_divisibility
         layers = _pad(layers, (-(-content[0] // d) * d, -(-content[1] // d) * d))
-        return _to_sample(layers, sample, content, sample.info.flipped)
+        resized = _to_sample(layers, sample, content, sample.info.flipped)
+        return dataclasses.replace(resized, original=original)

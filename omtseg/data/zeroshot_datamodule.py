@@ -66,6 +66,8 @@ class ZeroShotDataModule(LightningDataModule):
         root: datasets root; None: ``$OMTSEG_DATASETS``, else ``data``.
         split: ``"val"`` (the zero-shot protocol) or ``"train"``.
         eval_size: long side of the resized images, pixels (640 as in training); None keeps originals.
+        eval_at_original_size: score val/test predictions resized back to each image's original size
+            against the untransformed ground truth, as official evaluations do; False scores at ``eval_size``.
         size_divisibility: pad batches to a multiple of this (the backbone's largest stride).
         batch_size: images per batch; 1 avoids padding mixed aspect ratios into wasted pixels.
         num_workers: dataloader worker processes (0 loads in the main process).
@@ -82,6 +84,7 @@ class ZeroShotDataModule(LightningDataModule):
         root: str | None = None,
         split: str = "val",
         eval_size: int | None = 640,
+        eval_at_original_size: bool = True,
         size_divisibility: int = 32,
         batch_size: int = 1,
         num_workers: int = 0,
@@ -98,7 +101,9 @@ class ZeroShotDataModule(LightningDataModule):
         self.benchmark = benchmark
         self.root = datasets_root(root)
         self.split = split
-        self.transform = EvalTransform(size=eval_size, size_divisibility=size_divisibility)
+        self.transform = EvalTransform(
+            size=eval_size, size_divisibility=size_divisibility, keep_original=eval_at_original_size
+        )
         self.size_divisibility = size_divisibility
         self.batch_size = batch_size
         self.num_workers = num_workers

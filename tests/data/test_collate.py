@@ -94,3 +94,13 @@ def test_lightning_moves_a_batch() -> None:
     moved = move_data_to_device(batch, torch.device("cpu"))
     assert moved.vocabulary is VOCAB and torch.equal(moved.images, batch.images)
     assert torch.equal(moved.targets[1].masks, batch.targets[1].masks)
+
+
+def test_original_labels_travel_with_the_batch() -> None:
+    keep = EvalTransform(size=16, size_divisibility=8, keep_original=True)
+    samples = [keep(_sample(13, 21)), keep(_sample(9, 7))]
+    batch = collate(samples, vocabulary=VOCAB)
+    assert [o.targets.void.shape for o in batch.originals] == [(13, 21), (9, 7)]
+    assert batch.to("cpu").originals[1].targets.masks.shape == (2, 9, 7)
+    mixed = collate([samples[0], EvalTransform(size=16)(_sample(9, 7))], vocabulary=VOCAB)
+    assert mixed.originals is None  # all or nothing: metrics then score at the resized size

@@ -202,3 +202,14 @@ def test_invalid_parameters() -> None:
         TrainTransform(min_scale=2.0, max_scale=1.0)
     with pytest.raises(ValueError, match="size_divisibility"):
         EvalTransform(size_divisibility=0)
+
+
+def test_eval_transform_keeps_the_original_labels_when_asked() -> None:
+    s = _sample(37, 53, semantic=True)
+    out = EvalTransform(size=96, size_divisibility=32, keep_original=True)(s)
+    assert out.targets.void.shape == (96, 96)  # the resized labels, as without keep_original
+    assert out.original.targets is s.targets and out.original.semantic is s.semantic
+    assert out.original.semantic_labels().shape == out.info.orig_size == (37, 53)
+    assert EvalTransform(size=96)(s).original is None
+    unlabelled = Sample(s.image, None, s.info)
+    assert EvalTransform(size=96, keep_original=True)(unlabelled).original is None
