@@ -91,7 +91,7 @@ def read_panoptic_png(path: str | os.PathLike[str]) -> np.ndarray:
     return read_panoptic_ids(path).astype(np.int64)
 
 
-def read_panoptic_ids(path: str | os.PathLike[str], out: np.ndarray | None = None) -> np.ndarray:
+def read_panoptic_ids(path: str | os.PathLike[str]) -> np.ndarray:
     """A COCO-panoptic PNG as (H, W) uint32 segment ids ``R + 256 G + 256^2 B`` (0 = void; alpha ignored).
 
     8-bit RGB/RGBA PNGs without interlacing (what panopticapi, detectron2 and PIL write) are decoded by
@@ -99,24 +99,27 @@ def read_panoptic_ids(path: str | os.PathLike[str], out: np.ndarray | None = Non
     else (palette or 16-bit PNGs, no native extension, a damaged file) goes through PIL, which also
     produces the error for a corrupt file. Both give the same ids.
 
-    Args:
-        path: the PNG file.
-        out: optional (H, W) uint32 array the fast path decodes into (see :func:`decode_panoptic_png`).
-
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a readable image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image file not found: {path}. Check the dataset root and file name.")
-    ids = decode_panoptic_png(path.read_bytes(), out)
-    if ids is None:
-        rgba = read_image(path, mode="RGBA")
-        ids = (rgba[..., 0].astype(np.uint32) | (rgba[..., 1].astype(np.uint32) << 8)) | (
-            rgba[..., 2].astype(np.uint32) << 16
-        )
-    return ids
+    ids = decode_panoptic_png(_read_file(path))
+    return _pil_ids(path) if ids is None else ids
+
+
+def _read_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except (FileNotFoundError, IsADirectoryError):
+        raise FileNotFoundError(
+            f"Image file not found: {path}. Check the dataset root and file name."
+        ) from None
+
+
+def _pil_ids(path: str | os.PathLike[str]) -> np.ndarray:
+    """The slow path: PIL decodes (and names the problem of a damaged file)."""
+    return rgb2id(read_image(path, mode="RGB")).astype(np.uint32)
 
 
 class _Unreadable(Exception):
@@ -183,35 +186,28 @@ def _pieces(stream: bytes | memoryview, height: int, row_bytes: int) -> Iterator
         raise _Unreadable from e
 
 
-def decode_panoptic_png(data: bytes, out: np.ndarray | None = None) -> np.ndarray | None:
+def decode_panoptic_png(data: bytes) -> np.ndarray | None:
     """Segment ids of an in-memory 8-bit RGB/RGBA non-interlaced PNG, or None where this fast path does not
     apply (another PNG kind, no native extension) or the data are damaged (bad chunk CRC, zlib error, short
     stream, unknown filter): callers then read the file with PIL, which raises a proper error.
 
-    Args:
-        data: the PNG file's bytes.
-        out: optional (H, W) uint32 array to decode into (reused across images by evaluation loops);
-            ignored when its shape differs from the image's.
-
     Returns:
-        (H, W) uint32 ids ``R + 256 G + 256^2 B`` (``out`` when it was used).
+        (H, W) uint32 ids ``R + 256 G + 256^2 B``.
     """
     if _pngids is None:
         return None
     try:
         width, height, channels, stream = _png_stream(data)
-        usable = out is not None and out.dtype == np.uint32 and out.flags.c_contiguous
-        if out is None or not usable or out.shape != (height, width):
-            out = np.empty((height, width), dtype=np.uint32)
+        ids = np.empty((height, width), dtype=np.uint32)
         if _NATIVE_INFLATE:
-            _pngids.inflate_ids(stream, height, width, channels, out)
+            _pngids.inflate_ids(stream, height, width, channels, ids)
         else:
             previous = bytearray(width * channels)
             for row, piece in _pieces(stream, height, width * channels + 1):
-                _pngids.unfilter_ids(piece, width, channels, previous, out, row)
+                _pngids.unfilter_ids(piece, width, channels, previous, ids, row)
     except (_Unreadable, ValueError):
         return None
-    return out
+    return ids
 
 
 @dataclass
@@ -264,13 +260,16 @@ class PanopticRuns:
 
     def to_ids(self) -> np.ndarray:
         """The (H, W) uint32 id map."""
-        ids = np.empty((self.height, self.width), dtype=np.uint32)
-        for y in range(self.height):
-            start = 0
-            for k in range(int(self.row_begin[y]), int(self.row_end[y])):
-                ids[y, start : self.run_end[k]] = self.run_id[k]
-                start = int(self.run_end[k])
-        return ids
+        if self.height * self.width == 0:
+            return np.zeros((self.height, self.width), dtype=np.uint32)
+        bounds = zip(self.row_begin[: self.height], self.row_end[: self.height], strict=True)
+        runs = [np.arange(b, e) for b, e in bounds]
+        index = np.concatenate(runs)  # the runs of every row, in order
+        first = np.zeros(index.size, dtype=bool)
+        first[np.cumsum([0] + [r.size for r in runs[:-1]])] = True
+        ends = self.run_end[index].astype(np.int64)
+        lengths = ends - np.where(first, 0, np.roll(ends, 1))
+        return np.repeat(self.run_id[index], lengths).reshape(self.height, self.width)
 
 
 def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None = None) -> PanopticRuns:
@@ -290,14 +289,7 @@ def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None 
     """
     if _pngids is not None:
         try:
-            with open(path, "rb") as file:
-                data = file.read()
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(
-                f"Image file not found: {path}. Check the dataset root and file name."
-            ) from None
-        try:
-            width, height, channels, stream = _png_stream(data)
+            width, height, channels, stream = _png_stream(_read_file(path))
             if reuse is None or reuse.row_begin.size < height or reuse.run_end.size < height * width:
                 reuse = PanopticRuns(
                     height=height,
@@ -321,7 +313,7 @@ def read_panoptic_runs(path: str | os.PathLike[str], reuse: PanopticRuns | None 
             return reuse
         except (_Unreadable, ValueError):
             pass
-    return PanopticRuns.from_ids(read_panoptic_ids(path))
+    return PanopticRuns.from_ids(_pil_ids(path))
 
 
 @contextmanager

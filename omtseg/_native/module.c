@@ -12,8 +12,8 @@
  *              inflate the zlib stream themselves through zlib-ng's C functions (see load_zlib_ng).
  *   counting   pair_counts_runs merges the two images' runs row by row: each piece between consecutive
  *              run ends is one (gt, pred) pair. Runs are first given dense labels per image, so pieces
- *              add into a (gt label, pred label) grid; very large grids fall back to a hash map, which
- *              pair_counts (dense uint32 maps) uses too.
+ *              add into a (gt label, pred label) grid; for images with so many segments that the grid
+ *              would pass 2^20 cells it returns None and Python counts from the expanded maps.
  *
  * Run layout (PanopticRuns in omtseg.io): row y is runs row_begin[y] .. row_end[y] - 1 (int32); run k
  * ends before column run_end[k] (int32) and has id run_id[k] (uint32). Every function releases the GIL
@@ -42,12 +42,10 @@ static PyMethodDef methods[] = {
      "inflate_runs(stream, height, width, channels, row_begin, row_end, run_end, run_id[, whole]) -> num_runs:\n"
      "inflate a PNG's zlib stream and write its rows as runs, as unfilter_runs does. `whole`, a writable\n"
      "buffer of height * (width * channels + 1) bytes reused across images, makes inflating faster."},
-    {"pair_counts", pair_counts, METH_VARARGS,
-     "pair_counts(gt, pred, width) -> (codes, counts): sorted distinct gt * 2^24 + pred codes of two\n"
-     "uint32 id buffers with rows of `width` (uint64 bytes) and their pixel counts (int64 bytes)."},
     {"pair_counts_runs", pair_counts_runs, METH_VARARGS,
-     "pair_counts_runs(gt_runs, pred_runs, height, width) -> (codes, counts): pair_counts over two images\n"
-     "given as (row_begin, row_end, run_end, run_id) tuples written by unfilter_runs."},
+     "pair_counts_runs(gt_runs, pred_runs, height, width) -> (codes, counts) or None: the sorted distinct\n"
+     "codes gt_id * 2^24 + pred_id (uint64 bytes) and their pixel counts (int64 bytes) of two images given\n"
+     "as (row_begin, row_end, run_end, run_id) tuples; None when over 2^20 (gt, pred) label pairs."},
     {NULL, NULL, 0, NULL},
 };
 

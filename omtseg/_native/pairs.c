@@ -1,207 +1,5 @@
-/* Pixel counts of (ground truth id, predicted id) pairs from dense maps or from runs. */
+/* Pixel counts of (ground truth id, predicted id) pairs, from two images given as runs. */
 #include "pngids.h"
-
-/* Open-addressing hash map from a pair code to its pixel count. Codes are < 2^48, so UINT64_MAX
- * marks an empty slot. */
-typedef struct {
-    uint64_t *keys;
-    int64_t *counts;
-    size_t mask, size;
-} PairMap;
-
-static inline size_t slot_of(uint64_t key, size_t mask) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 20) & mask;
-}
-
-static int map_init(PairMap *m, size_t capacity) {
-    m->keys = malloc(capacity * sizeof(uint64_t));
-    m->counts = calloc(capacity, sizeof(int64_t));
-    if (!m->keys || !m->counts) return -1;
-    memset(m->keys, 0xFF, capacity * sizeof(uint64_t));
-    m->mask = capacity - 1;
-    m->size = 0;
-    return 0;
-}
-
-static void map_free(PairMap *m) {
-    free(m->keys);
-    free(m->counts);
-}
-
-static int map_add(PairMap *m, uint64_t key, int64_t count);
-
-static int map_grow(PairMap *m) {
-    PairMap bigger;
-    if (map_init(&bigger, 2 * (m->mask + 1))) {
-        map_free(&bigger);
-        return -1;
-    }
-    for (size_t i = 0; i <= m->mask; i++)
-        if (m->keys[i] != UINT64_MAX) map_add(&bigger, m->keys[i], m->counts[i]);
-    map_free(m);
-    *m = bigger;
-    return 0;
-}
-
-static int map_add(PairMap *m, uint64_t key, int64_t count) {
-    size_t i = slot_of(key, m->mask);
-    while (m->keys[i] != UINT64_MAX && m->keys[i] != key) i = (i + 1) & m->mask;
-    if (m->keys[i] == UINT64_MAX) {
-        m->keys[i] = key;
-        m->size++;
-    }
-    m->counts[i] += count;
-    if (2 * m->size > m->mask + 1) return map_grow(m);
-    return 0;
-}
-
-static int compare_u64(const void *a, const void *b) {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Pair counting shared by the dense and the run inputs. A row's (code, length) runs are collected in
- * `row_*`; while rows keep the same sequence of codes (boundaries moving a little, as from one row of a
- * segment map to the next) their lengths are summed in `sums`, and the hash map sees the sequence once
- * when it changes. A row equal to the one above (in both maps) is not even scanned: counter_repeat_row. */
-typedef struct {
-    PairMap map;
-    uint64_t *codes, *row_codes;
-    int64_t *sums, *row_lengths;
-    Py_ssize_t num, row_num, capacity;
-    int failed;
-} Counter;
-
-static int counter_init(Counter *c, Py_ssize_t width) {
-    c->capacity = 2 * width + 1;
-    c->codes = malloc((size_t)c->capacity * sizeof(uint64_t));
-    c->row_codes = malloc((size_t)c->capacity * sizeof(uint64_t));
-    c->sums = malloc((size_t)c->capacity * sizeof(int64_t));
-    c->row_lengths = malloc((size_t)c->capacity * sizeof(int64_t));
-    c->num = c->row_num = 0;
-    c->failed = 0;
-    if (map_init(&c->map, 1024) || !c->codes || !c->row_codes || !c->sums || !c->row_lengths) return -1;
-    return 0;
-}
-
-static void counter_free(Counter *c) {
-    map_free(&c->map);
-    free(c->codes);
-    free(c->row_codes);
-    free(c->sums);
-    free(c->row_lengths);
-}
-
-static void counter_flush(Counter *c) {
-    for (Py_ssize_t k = 0; k < c->num && !c->failed; k++) c->failed = map_add(&c->map, c->codes[k], c->sums[k]);
-    c->num = 0;
-}
-
-static inline void counter_begin_row(Counter *c) { c->row_num = 0; }
-
-static inline void counter_push(Counter *c, uint64_t code, int64_t length) {
-    if (c->row_num && c->row_codes[c->row_num - 1] == code) {
-        c->row_lengths[c->row_num - 1] += length;
-    } else {
-        c->row_codes[c->row_num] = code;
-        c->row_lengths[c->row_num++] = length;
-    }
-}
-
-static void counter_end_row(Counter *c) {
-    Py_ssize_t n = c->row_num;
-    if (n != c->num || memcmp(c->row_codes, c->codes, (size_t)n * sizeof(uint64_t))) {
-        counter_flush(c);
-        memcpy(c->codes, c->row_codes, (size_t)n * sizeof(uint64_t));
-        memset(c->sums, 0, (size_t)n * sizeof(int64_t));
-        c->num = n;
-    }
-    for (Py_ssize_t k = 0; k < n; k++) c->sums[k] += c->row_lengths[k];
-}
-
-/* The row equals the last one ended: add its lengths again. */
-static inline void counter_repeat_row(Counter *c) {
-    for (Py_ssize_t k = 0; k < c->row_num; k++) c->sums[k] += c->row_lengths[k];
-}
-
-/* The (codes, counts) tuple of bytes, codes sorted. */
-static PyObject *counter_result(Counter *c) {
-    counter_flush(c);
-    if (c->failed) return PyErr_NoMemory();
-    PairMap *map = &c->map;
-    PyObject *codes = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(map->size * sizeof(uint64_t)));
-    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(map->size * sizeof(int64_t)));
-    PyObject *result = NULL;
-    if (codes && counts) {
-        uint64_t *keys = (uint64_t *)PyBytes_AS_STRING(codes);
-        int64_t *values = (int64_t *)PyBytes_AS_STRING(counts);
-        size_t k = 0;
-        for (size_t i = 0; i <= map->mask; i++)
-            if (map->keys[i] != UINT64_MAX) keys[k++] = map->keys[i];
-        qsort(keys, map->size, sizeof(uint64_t), compare_u64);
-        for (k = 0; k < map->size; k++) {
-            size_t i = slot_of(keys[k], map->mask);
-            while (map->keys[i] != keys[k]) i = (i + 1) & map->mask;
-            values[k] = map->counts[i];
-        }
-        result = PyTuple_Pack(2, codes, counts);
-    }
-    Py_XDECREF(codes);
-    Py_XDECREF(counts);
-    return result;
-}
-
-PyObject *pair_counts(PyObject *self, PyObject *args) {
-    Py_buffer gt, pred;
-    Py_ssize_t width;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*n", &gt, &pred, &width)) return NULL;
-    PyObject *result = NULL;
-    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
-    Py_ssize_t n = gt.len / (Py_ssize_t)sizeof(uint32_t);
-    if (gt.len != pred.len || gt.len % (Py_ssize_t)sizeof(uint32_t) || width <= 0 || n % width) {
-        PyErr_Format(PyExc_ValueError,
-                     "pair_counts needs two uint32 buffers of one size made of rows of %zd, got %zd and %zd bytes",
-                     width, gt.len, pred.len);
-        goto done;
-    }
-    if (counter_init(&counter, width)) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    int too_large = 0;
-    Py_BEGIN_ALLOW_THREADS
-    size_t row_bytes = (size_t)width * sizeof(uint32_t);
-    for (Py_ssize_t y = 0; y * width < n && !counter.failed && !too_large; y++) {
-        const uint32_t *g = (const uint32_t *)gt.buf + y * width, *p = (const uint32_t *)pred.buf + y * width;
-        if (y > 0 && !memcmp(g, g - width, row_bytes) && !memcmp(p, p - width, row_bytes)) {
-            counter_repeat_row(&counter);
-            continue;
-        }
-        counter_begin_row(&counter);
-        Py_ssize_t start = 0;
-        for (Py_ssize_t x = 1; x <= width; x++) {
-            if (x < width && g[x] == g[start] && p[x] == p[start]) continue;
-            if ((g[start] | p[start]) >> 24) {
-                too_large = 1;
-                break;
-            }
-            counter_push(&counter, ((uint64_t)g[start] << 24) | p[start], x - start);
-            start = x;
-        }
-        counter_end_row(&counter);
-    }
-    Py_END_ALLOW_THREADS
-    if (too_large)
-        PyErr_SetString(PyExc_ValueError, "pair_counts got a segment id >= 2^24");
-    else
-        result = counter_result(&counter);
-done:
-    counter_free(&counter);
-    PyBuffer_Release(&gt);
-    PyBuffer_Release(&pred);
-    return result;
-}
 
 /* One image's runs as unfilter_runs writes them. */
 typedef struct {
@@ -309,8 +107,7 @@ static Py_ssize_t max_run_end(const Runs *r, Py_ssize_t height) {
 
 /* Pair counts through dense labels: every run gets the label of its id, and each piece of a row adds
  * its length to cells[gt label][pred label]; no hashing per piece. Returns the (codes, counts) tuple,
- * NULL with an exception, or NULL without one when the label grid would be too large (the caller then
- * counts through the hash map). */
+ * NULL with an exception, or NULL without one when the label grid would be too large. */
 static PyObject *dense_pair_counts(const Runs *gt, const Runs *pred, Py_ssize_t height, Py_ssize_t width) {
     Py_ssize_t num_gt = max_run_end(gt, height), num_pred = max_run_end(pred, height);
     int32_t *gt_labels = malloc((size_t)(num_gt ? num_gt : 1) * sizeof(int32_t));
@@ -400,43 +197,12 @@ PyObject *pair_counts_runs(PyObject *self, PyObject *args) {
                           &pred.row_begin, &pred.row_end, &pred.run_end, &pred.run_id, &height, &width))
         return NULL;
     PyObject *result = NULL;
-    Counter counter = {{NULL, NULL, 0, 0}, NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     if (height < 0 || width <= 0 || !runs_valid(&gt, height, width) || !runs_valid(&pred, height, width)) {
         PyErr_SetString(PyExc_ValueError, "pair_counts_runs: runs that do not cover each row from 0 to its width");
-        goto done;
+    } else {
+        result = dense_pair_counts(&gt, &pred, height, width);
+        if (!result && !PyErr_Occurred()) result = Py_NewRef(Py_None); /* too many segments for the grid */
     }
-    result = dense_pair_counts(&gt, &pred, height, width);
-    if (result || PyErr_Occurred()) goto done;
-    if (counter_init(&counter, width)) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    const int32_t *gb = gt.row_begin.buf, *ge = gt.row_end.buf, *g_end = gt.run_end.buf;
-    const int32_t *pb = pred.row_begin.buf, *pe = pred.row_end.buf, *p_end = pred.run_end.buf;
-    const uint32_t *g_id = gt.run_id.buf, *p_id = pred.run_id.buf;
-    for (Py_ssize_t y = 0; y < height && !counter.failed; y++) {
-        if (y > 0 && gb[y] == gb[y - 1] && ge[y] == ge[y - 1] && pb[y] == pb[y - 1] && pe[y] == pe[y - 1]) {
-            counter_repeat_row(&counter);
-            continue;
-        }
-        counter_begin_row(&counter);
-        /* Merge the two rows' runs: each piece between consecutive run ends has one (gt, pred) pair. */
-        Py_ssize_t i = gb[y], j = pb[y];
-        int32_t x = 0;
-        while (x < width) {
-            int32_t stop = g_end[i] < p_end[j] ? g_end[i] : p_end[j];
-            counter_push(&counter, ((uint64_t)(g_id[i] & 0xFFFFFFu) << 24) | (p_id[j] & 0xFFFFFFu), stop - x);
-            x = stop;
-            if (g_end[i] == stop) i++;
-            if (p_end[j] == stop) j++;
-        }
-        counter_end_row(&counter);
-    }
-    Py_END_ALLOW_THREADS
-    result = counter_result(&counter);
-done:
-    counter_free(&counter);
     PyBuffer_Release(&gt.row_begin);
     PyBuffer_Release(&gt.row_end);
     PyBuffer_Release(&gt.run_end);
@@ -447,4 +213,3 @@ done:
     PyBuffer_Release(&pred.run_id);
     return result;
 }
-

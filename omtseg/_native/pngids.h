@@ -42,7 +42,6 @@ PyObject *unfilter_runs(PyObject *self, PyObject *args);
 PyObject *load_zlib_ng(PyObject *self, PyObject *args);
 PyObject *inflate_ids(PyObject *self, PyObject *args);
 PyObject *inflate_runs(PyObject *self, PyObject *args);
-PyObject *pair_counts(PyObject *self, PyObject *args);
 PyObject *pair_counts_runs(PyObject *self, PyObject *args);
 
 #endif

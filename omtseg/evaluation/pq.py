@@ -85,29 +85,21 @@ def _pair_counts(
     """Sorted ``gt * OFFSET + pred`` codes present in the image and their pixel counts (intersections).
 
     Maps are (H, W) integer arrays or :class:`omtseg.io.PanopticRuns`; two runs are merged natively row by
-    row, without ever expanding them to pixels.
+    row, without ever expanding them to pixels. Otherwise numpy counts the runs of the flattened pair codes.
     """
-    runs = isinstance(gt_map, PanopticRuns), isinstance(pred_map, PanopticRuns)
-    if all(runs) and _pngids is not None:
-        assert isinstance(gt_map, PanopticRuns) and isinstance(pred_map, PanopticRuns)
-        if gt_map.height * gt_map.width == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        codes_bytes, counts_bytes = _pngids.pair_counts_runs(
-            (gt_map.row_begin, gt_map.row_end, gt_map.run_end, gt_map.run_id),
-            (pred_map.row_begin, pred_map.row_end, pred_map.run_end, pred_map.run_id),
-            gt_map.height,
-            gt_map.width,
-        )
-        return np.frombuffer(codes_bytes, np.uint64).astype(np.int64), np.frombuffer(counts_bytes, np.int64)
+    if isinstance(gt_map, PanopticRuns) and isinstance(pred_map, PanopticRuns) and _pngids is not None:
+        counted = None
+        if gt_map.height * gt_map.width:
+            counted = _pngids.pair_counts_runs(
+                (gt_map.row_begin, gt_map.row_end, gt_map.run_end, gt_map.run_id),
+                (pred_map.row_begin, pred_map.row_end, pred_map.run_end, pred_map.run_id),
+                gt_map.height,
+                gt_map.width,
+            )
+        if counted is not None:  # None: too many segments for the native label grid, or an empty image
+            return np.frombuffer(counted[0], np.uint64).astype(np.int64), np.frombuffer(counted[1], np.int64)
     gt_map = gt_map.to_ids() if isinstance(gt_map, PanopticRuns) else gt_map
     pred_map = pred_map.to_ids() if isinstance(pred_map, PanopticRuns) else pred_map
-    if _pngids is not None and gt_map.dtype == pred_map.dtype == np.uint32 and gt_map.size:
-        # uint32 maps (from omtseg.io.read_panoptic_ids) are counted natively in one pass, ids < 2^24
-        # checked there; the result equals the numpy path's.
-        codes_bytes, counts_bytes = _pngids.pair_counts(
-            np.ascontiguousarray(gt_map), np.ascontiguousarray(pred_map), gt_map.shape[-1]
-        )
-        return np.frombuffer(codes_bytes, np.uint64).astype(np.int64), np.frombuffer(counts_bytes, np.int64)
     codes = gt_map.astype(np.int64).ravel() * OFFSET + pred_map.ravel()
     if codes.size == 0:
         return codes, codes
@@ -213,6 +205,19 @@ class ImageBatch:
             )
         return keys
 
+    def _check_labels(self, key: str, what: str) -> np.ndarray:
+        """All images' class positions of ``key``; they must lie in [0, K)."""
+        labels, images = self._concat(key)
+        bad = (labels < 0) | (labels >= self.num_classes)
+        if bad.any():
+            image = int(images[bad.argmax()])
+            self._fail(
+                image,
+                f"{what} class positions {self._parts[key][image].tolist()} fall outside "
+                f"[0, {self.num_classes}); use categories the ground truth defines.",
+            )
+        return labels.astype(np.int64)
+
     def match(self) -> PQStats:
         """Per-class PQ sums over every added image.
 
@@ -227,22 +232,8 @@ class ImageBatch:
             return stats
         gt_keys = self._check_ids("gt_ids", "ground-truth")
         pred_keys = self._check_ids("pred_ids", "predicted")
-        gt_labels, _ = self._concat("gt_labels")
-        pred_labels, _ = self._concat("pred_labels")
-        for what, key, labels in (
-            ("ground-truth", "gt_labels", gt_labels),
-            ("predicted", "pred_labels", pred_labels),
-        ):
-            _, images = self._concat(key)
-            bad = (labels < 0) | (labels >= k)
-            if bad.any():
-                image = int(images[bad.argmax()])
-                self._fail(
-                    image,
-                    f"{what} class positions {self._parts[key][image].tolist()} fall outside [0, {k}); "
-                    "use categories the ground truth defines.",
-                )
-        gt_labels, pred_labels = gt_labels.astype(np.int64), pred_labels.astype(np.int64)
+        gt_labels = self._check_labels("gt_labels", "ground-truth")
+        pred_labels = self._check_labels("pred_labels", "predicted")
         gt_crowd = self._concat("gt_crowd")[0].astype(bool)
         gt_areas = self._concat("gt_areas")[0].astype(np.int64)
 
