@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from omtseg.data.coco_panoptic import PanopticSplit
+from omtseg.data.render import paint_thing, shape_mask, texture
 from omtseg.data.vocabulary import vocabulary_from_categories
 from omtseg.io import id2rgb, load_json, save_image, save_json
 from omtseg.types import Vocabulary
@@ -63,86 +64,6 @@ def synthetic_vocabulary() -> Vocabulary:
     return vocabulary_from_categories(synthetic_categories(), source="synthetic categories")
 
 
-def _texture(
-    kind: str, color: tuple[int, int, int], rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray
-) -> np.ndarray:
-    """(S, S, 3) float image of one stuff texture over the whole canvas."""
-    s = yy.shape[0]
-    base = np.asarray(color, dtype=np.float32) + rng.uniform(-10, 10, 3)
-    img = np.broadcast_to(base, (s, s, 3)).copy()
-    if kind == "gradient":
-        img += (40.0 * yy / s)[..., None] + rng.normal(0, 2, (s, s, 1))
-    elif kind == "streaks":
-        column = np.repeat(rng.normal(0, 14, (1, s)), s, axis=0)
-        img += (column + rng.normal(0, 8, (s, s)))[..., None] * np.array([0.4, 1.0, 0.4])
-    elif kind == "speckle":
-        img += rng.normal(0, 11, (s, s, 1))
-    elif kind == "waves":
-        phase = rng.uniform(0, 2 * np.pi)
-        img += (22.0 * np.sin(2 * np.pi * yy / 7.0 + 0.6 * np.sin(xx / 9.0) + phase))[..., None]
-    elif kind == "bricks":
-        row = (yy // 8).astype(np.int64)
-        mortar = (yy % 8 == 0) | (((xx + 8 * (row % 2)) % 16) == 0)
-        img += rng.normal(0, 6, (s, s, 1))
-        img[mortar] = (205, 200, 190)
-    elif kind == "asphalt":
-        img += rng.normal(0, 9, (s, s, 1))
-    return img
-
-
-def _shape(
-    kind: str, cy: float, cx: float, r: float, angle: float, yy: np.ndarray, xx: np.ndarray
-) -> np.ndarray:
-    """(S, S) bool silhouette of one thing of radius ``r`` centred at (cy, cx)."""
-    dy, dx = yy - cy, xx - cx
-    if kind == "circle":
-        return dy**2 + dx**2 <= r**2
-    if kind == "ring":
-        d2 = dy**2 + dx**2
-        return (d2 <= r**2) & (d2 >= (0.5 * r) ** 2)
-    if kind == "square":
-        u = np.cos(angle) * dx + np.sin(angle) * dy
-        v = -np.sin(angle) * dx + np.cos(angle) * dy
-        return (np.abs(u) <= 0.8 * r) & (np.abs(v) <= 0.8 * r)
-    if kind == "triangle":  # upright, apex at the top, like a cone
-        t = (dy + r) / (2 * r)
-        return (t >= 0) & (t <= 1) & (np.abs(dx) <= 0.75 * r * t)
-    theta = np.arctan2(dy, dx) - angle  # star: radius follows a triangle wave with 5 peaks
-    frac = (5 * theta / (2 * np.pi)) % 1.0
-    return np.hypot(dy, dx) <= r * (0.42 + 0.58 * (1 - 2 * np.abs(frac - 0.5)))
-
-
-def _outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask`` with a 4-neighbour outside it."""
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return mask & ~inner
-
-
-def _paint_thing(
-    img: np.ndarray,
-    mask: np.ndarray,
-    cls: tuple,
-    rng: np.random.Generator,
-    yy: np.ndarray,
-    xx: np.ndarray,
-    cy: float,
-    cx: float,
-    r: float,
-) -> None:
-    """Paint one instance in its own shade of the class color, with a dark outline."""
-    shade = np.asarray(cls[3], dtype=np.float32) * rng.uniform(0.8, 1.1) + rng.uniform(-15, 15, 3)
-    if cls[4] == "circle":  # a lit ball: brighter towards the upper left
-        light = 1.25 - 0.45 * np.clip(np.hypot(yy - cy + 0.3 * r, xx - cx + 0.3 * r) / (1.3 * r), 0, 1)
-        img[mask] = shade * light[mask][:, None]
-    else:
-        img[mask] = shade
-    img[_outline(mask)] *= 0.45
-
-
 def _render(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """One image (S, S, 3) uint8, its id map (S, S) int64 and its segments_info."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -160,7 +81,7 @@ def _render(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         band[yy >= wave] = b + 1
     for b, cid in enumerate(stuff):
         region = band == b
-        img[region] = _texture(_BY_ID[cid][4], _BY_ID[cid][3], rng, yy, xx)[region]
+        img[region] = texture(_BY_ID[cid][4], _BY_ID[cid][3], rng, yy, xx)[region]
         ids[region] = cid * 256
 
     things = [c for c in _CLASSES if c[2]]
@@ -174,8 +95,8 @@ def _render(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
                 cx + rng.normal(0, 0.06 * size),
                 rng.uniform(0.025, 0.04) * size,
             )
-            m = _shape(cls[4], y, x, r, rng.uniform(0, np.pi), yy, xx)
-            _paint_thing(img, m, cls, rng, yy, xx, y, x, r)
+            m = shape_mask(cls[4], y, x, r, rng.uniform(0, np.pi), yy, xx)
+            paint_thing(img, m, cls[3], cls[4], rng, yy, xx, y, x, r)
             ids[m] = seg_id
         crowd.add(seg_id)
 
@@ -185,7 +106,7 @@ def _render(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
             cls = things[int(rng.integers(len(things)))]
             r = rng.uniform(0.07, 0.22) * size
             cy, cx = rng.uniform(0.5 * r, size - 0.5 * r, 2)
-            m = _shape(cls[4], cy, cx, r, rng.uniform(0, np.pi), yy, xx)
+            m = shape_mask(cls[4], cy, cx, r, rng.uniform(0, np.pi), yy, xx)
             area = int(m.sum())
             if area < 40:
                 continue
@@ -194,7 +115,7 @@ def _render(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
         else:
             continue
         seg_id = cls[0] * 256 + k + 1
-        _paint_thing(img, m, cls, rng, yy, xx, cy, cx, r)
+        paint_thing(img, m, cls[3], cls[4], rng, yy, xx, cy, cx, r)
         ids[m] = seg_id
         placed.append((seg_id, area))
 
