@@ -62,9 +62,13 @@ def panoptic_inference(
 
     Queries with ``max_k p(k) * p(object) > object_threshold`` are kept; each pixel goes to the kept query
     with the highest ``score * mask_prob``, and stays void unless that query's mask probability is >= 0.5.
-    Queries are visited by descending score; one whose painted part is below ``overlap_threshold`` of its own
-    mask (``mask_prob >= 0.5``) is dropped as mostly hidden. Stuff queries of one class merge into one segment
-    (keeping the first, highest, score); thing queries stay separate instances. Segment ids count from 1.
+    A query is dropped as mostly hidden when the pixels it wins (``owner == q``, whatever their probability)
+    are fewer than ``overlap_threshold`` times its own mask (``mask_prob >= 0.5``), or when it paints nothing:
+    the numerator and denominator of Mask2Former's ``MaskFormer.panoptic_inference``, so the same queries
+    survive. The survivors paint ``(owner == q) & (mask_prob >= 0.5)``; since owners are disjoint, visiting
+    them by descending score (rather than Mask2Former's query order) changes only the segment ids. Stuff
+    queries of one class merge into one segment (keeping the first, highest, score); thing queries stay
+    separate instances. Segment ids count from 1.
 
     Args:
         class_logits: (Q, K).
@@ -72,7 +76,7 @@ def panoptic_inference(
         mask_logits: (Q, H, W) at the output size.
         is_thing: K flags.
         object_threshold: minimum query score.
-        overlap_threshold: minimum visible share of a query's mask.
+        overlap_threshold: minimum ratio of the pixels a query wins to its own mask's.
 
     Returns:
         The result with ``id_map`` (H, W) int32.
@@ -90,11 +94,12 @@ def panoptic_inference(
     segments: list[PanopticSegment] = []
     stuff_segment: dict[int, PanopticSegment] = {}
     for i in range(keep.numel()):
+        won = owner == i
         own = mask_probs[i] >= 0.5
         own_area = int(own.sum())
-        visible = (owner == i) & own
+        visible = won & own
         visible_area = int(visible.sum())
-        if own_area == 0 or visible_area == 0 or visible_area / own_area < overlap_threshold:
+        if own_area == 0 or visible_area == 0 or int(won.sum()) / own_area < overlap_threshold:
             continue
         label = int(labels[i])
         thing = bool(is_thing[label])
