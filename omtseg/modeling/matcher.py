@@ -17,6 +17,10 @@ from torch import Tensor, nn
 from omtseg.modeling.point_sampling import point_sample, target_extent
 from omtseg.types import Predictions, Targets
 
+WORST_COST = 1e10
+"""Stands in for a NaN or +inf matching cost (and its negative for -inf): scipy rejects non-finite costs, and
+one bad prediction (an overflow early in bf16 training) should lose its match, not stop the run."""
+
 
 def batch_sigmoid_bce_cost(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean binary cross-entropy of every prediction against every target.
@@ -120,6 +124,7 @@ class HungarianMatcher(nn.Module):
 
         Returns:
             B pairs ``(query_idx, target_idx)`` of int64 tensors of length ``min(Q, N)``, sorted by query.
+            Non-finite costs count as :data:`WORST_COST`, so a query with a NaN prediction is matched last.
         """
         if len(targets) != pred.class_logits.shape[0]:
             raise ValueError(
@@ -136,6 +141,7 @@ class HungarianMatcher(nn.Module):
                 cost = self.cost_matrix(
                     pred.class_logits[b], pred.objectness_logits[b], pred.mask_logits[b], tgt
                 )
+                cost = cost.double().nan_to_num(nan=WORST_COST, posinf=WORST_COST, neginf=-WORST_COST)
                 rows, cols = linear_sum_assignment(cost.cpu().numpy())
                 out.append(
                     (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))

@@ -159,3 +159,34 @@ def test_runs_in_fp32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ((q, t),) = matcher(pred, [make_targets([0, 2], masks)])
     assert len(q) == 2 and sorted(t.tolist()) == [0, 1]
+
+
+def test_non_finite_costs_lose_their_match_instead_of_raising() -> None:
+    # Query 0's mask holds a NaN; query 1's logits are so large that the summed BCE overflows to +inf.
+    # scipy rejects such costs, so the matcher must treat them as the worst finite cost and pick query 2.
+    masks = torch.zeros(1, 16, 16)
+    masks[0, :, :8] = 1
+    logits = torch.full((1, 3, 4, 4), -10.0)
+    logits[0, 0, 0, 0] = float("nan")
+    logits[0, 1] = 3e38
+    logits[0, 2, :, :2] = 10.0
+    pred = Predictions(
+        class_logits=torch.zeros(1, 3, 2), objectness_logits=torch.zeros(1, 3), mask_logits=logits
+    )
+    matcher = HungarianMatcher(num_points=200)
+    cost = matcher.cost_matrix(
+        pred.class_logits[0], pred.objectness_logits[0], logits[0], make_targets([0], masks)
+    )
+    assert cost[0].isnan().all() and cost[1].isinf().all()  # the case really is non-finite
+    ((q, t),) = matcher(pred, [make_targets([0], masks)])
+    assert q.tolist() == [2] and t.tolist() == [0]
+    # Every query bad: a match is still returned (any query), not an exception.
+    ((q, t),) = matcher(
+        Predictions(
+            class_logits=torch.full((1, 2, 2), float("nan")),
+            objectness_logits=torch.zeros(1, 2),
+            mask_logits=torch.zeros(1, 2, 4, 4),
+        ),
+        [make_targets([1], masks)],
+    )
+    assert len(q) == 1 and t.tolist() == [0]
