@@ -331,6 +331,32 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: BEiT3) -> dict[st
     return out
 
 
+def official_state_dict(model: BEiT3, heads: Mapping[str, Tensor] | None = None) -> dict[str, Any]:
+    """``model``'s weights in the official unilm layout: ``{"model": {"beit3.<torchscale name>": ...}}``.
+
+    The inverse of :func:`checkpoint_filter_fn` (``blocks.`` -> ``encoder.layers.``, ``final_norm.`` ->
+    ``encoder.layer_norm.``, ``embed_positions.`` -> ``encoder.embed_positions.``), so a model pretrained
+    here is saved as the release files are and loads through :func:`load_beit3_checkpoint` unchanged.
+
+    Args:
+        model: the encoder.
+        heads: extra entries stored beside the encoder at the top level (pre-training heads such as
+            ``mlm_head.weight``), as the official pre-training checkpoints keep theirs.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        for old, new in _RENAMES:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+                break
+        out["beit3." + key] = value.detach().clone()
+    for key, value in (heads or {}).items():
+        if key.startswith("beit3."):
+            raise ValueError(f"Head entry {key!r} would shadow an encoder weight; name heads outside beit3.")
+        out[key] = value.detach().clone()
+    return {"model": out}
+
+
 def _listing(names: list[str], limit: int = 20) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" ... ({len(names) - limit} more)" if len(names) > limit else "")
