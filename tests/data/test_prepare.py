@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +15,17 @@ from pycocotools.coco import COCO
 
 from omtseg.data.prepare import ade20k_847, main, prepare
 from omtseg.data.prepare.ade20k_150 import panoptic_from_annotations
+from omtseg.data.prepare.resize import resize_linear
 from omtseg.data.zeroshot import ADE20KPanopticDataset, read_label_map, zero_shot_dataset
 from omtseg.evaluation.panoptic import pq_compute
 from omtseg.io import load_json, read_panoptic_png, save_json
 from omtseg.types import IGNORE_INDEX
 
 
-def _jpg(path: Path, h: int, w: int, seed: int = 0) -> None:
+def _jpg(path: Path, h: int, w: int, seed: int = 0, quality: int = 75) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, quality=quality)
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -158,9 +161,10 @@ def _fake_ade847(src: Path) -> None:
         ("training", "ADE_train_00000001.jpg", (9, 13)),
     ):
         folder = f"ADE20K_2021_17_01/images/ADE/{split}/home/kitchen"
-        _jpg(src / folder / name, h, w)
+        _jpg(src / folder / name, h, w, quality=95)  # not PIL's default: a copied file would differ
         class_ids = np.full((h, w), 2978)  # wall -> label 0
         class_ids[: h // 2] = 1831  # person -> label 11
+        class_ids[1::3, 2::4] = 2978  # wall speckles: nearest sampling decides which survive a shrink
         class_ids[:, :3] = 5  # an object class outside the 847 -> ignore
         class_ids[-1, -1] = 0  # unlabelled -> ignore
         _seg_png(src / folder / name.replace(".jpg", "_seg.png"), class_ids)
@@ -184,6 +188,7 @@ def test_prepare_ade20k_847(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     train = read_label_map(base / "annotations_detectron2/training/ADE_train_00000001.tif")
     expected = np.full((9, 13), 0)
     expected[:4] = 11
+    expected[1::3, 2::4] = 0
     expected[:, :3] = 65535
     expected[-1, -1] = 65535
     assert np.array_equal(train, expected)
@@ -193,6 +198,35 @@ def test_prepare_ade20k_847(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     )
     assert sample.targets.labels.tolist() == [0, 11]
     assert prepare("ade20k_847", tmp_path / "raw", tmp_path / "data", show_progress=False).total_written == 0
+
+
+def test_prepare_ade20k_847_writes_the_reference_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare_ade20k_full_sem_seg.py shrinks with cv2.INTER_NEAREST (source pixel floor(x * s)) and
+    # cv2.INTER_LINEAR, and saves every image, shrunk or not, through PIL's JPEG encoder at its defaults.
+    _fake_ade847(tmp_path / "raw")
+    monkeypatch.setattr(ade20k_847, "MAX_SHORT_SIDE", 10)  # 20x30 -> 10x15: s = 2, source pixel 2x
+    prepare("ade20k_847", tmp_path / "raw", tmp_path / "data", show_progress=False)
+    raw = tmp_path / "raw/ADE20K_2021_17_01/images/ADE"
+    base = tmp_path / "data/ADE20K_2021_17_01"
+    seg = np.asarray(Image.open(raw / "validation/home/kitchen/ADE_val_00000001_seg.png"))
+    class_ids = (seg[..., 0].astype(int) // 10) * 256 + seg[..., 1]
+    table = {2978: 0, 1831: 11}
+    expected = np.vectorize(lambda c: table.get(c, 65535))(class_ids[::2, ::2])
+    labels = read_label_map(base / "annotations_detectron2/validation/ADE_val_00000001.tif")
+    assert np.array_equal(labels, expected)
+
+    def pil_default_jpeg(pixels: np.ndarray) -> bytes:
+        out = BytesIO()
+        Image.fromarray(pixels).save(out, format="JPEG")
+        return out.getvalue()
+
+    original = np.asarray(Image.open(raw / "validation/home/kitchen/ADE_val_00000001.jpg"))
+    shrunk = (base / "images_detectron2/validation/ADE_val_00000001.jpg").read_bytes()
+    assert shrunk == pil_default_jpeg(resize_linear(original, (10, 15)))
+    kept = np.asarray(Image.open(raw / "training/home/kitchen/ADE_train_00000001.jpg"))
+    assert (base / "images_detectron2/training/ADE_train_00000001.jpg").read_bytes() == pil_default_jpeg(kept)
 
 
 def test_prepare_ade20k_847_errors(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 from rich.progress import track
 
 from omtseg.io import atomic_path, save_image
@@ -115,23 +114,3 @@ def is_done(paths: Iterable[Path], overwrite: bool) -> bool:
 def progress(items: Sequence[T], description: str, enabled: bool) -> Iterator[T]:
     """Iterate ``items`` with a rich progress bar on the terminal (none when ``enabled`` is False)."""
     yield from track(items, description=description, disable=not enabled, total=len(items))
-
-
-def resize_short_side(
-    image: np.ndarray, labels: np.ndarray, max_short: int
-) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Shrink so the short side is ``max_short`` when it is longer (image bilinear, labels nearest).
-
-    The long side becomes ``round(long * max_short / short)``. Returns the image (H, W, 3) uint8, the labels
-    (H, W) int32 and whether anything was resized.
-    """
-    h, w = labels.shape
-    if min(h, w) <= max_short:
-        return image, labels, False
-    if w >= h:
-        size = (round(w / h * max_short), max_short)  # PIL sizes are (W, H)
-    else:
-        size = (max_short, round(h / w * max_short))
-    small_image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-    small_labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
-    return small_image, small_labels, True

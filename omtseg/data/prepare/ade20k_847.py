@@ -10,12 +10,17 @@ https://groups.csail.mit.edu/vision/datasets/ADE20K/):
 
 The 847 evaluated classes and their object class ids are those of the open-vocabulary projects
 (``prepare_ade20k_full_sem_seg.py`` of NVlabs/ODISE and bytedance/fc-clip), kept as the id column of
-``assets/vocabularies/ade20k_847.txt``; every other class is ignore (65535). As there, images whose short
-side exceeds 512 px are shrunk to 512 (image bilinear, labels nearest); the split is the filename's second
-field (``ADE_val_*`` -> validation, everything else -> training).
+``assets/vocabularies/ade20k_847.txt``; every other class is ignore (65535). The split is the filename's
+second field (``ADE_val_*`` -> validation, everything else -> training).
 
-Outputs (``dst/ADE20K_2021_17_01/``): ``images_detectron2/{split_dir}/X.jpg`` (the original file, or a
-quality-95 JPEG when shrunk) and ``annotations_detectron2/{split_dir}/X.tif`` (uint16 labels 0..846).
+The files are those of the reference script, pixel for pixel: images whose short side exceeds 512 px are
+shrunk to 512 with OpenCV's ``INTER_LINEAR`` (image) and ``INTER_NEAREST`` (labels), restated without OpenCV
+in :mod:`.resize`; every image, shrunk or not, is decoded as PIL reads it (grey stays grey) and re-encoded by
+PIL's JPEG encoder at its default settings (quality 75). An image in another mode (CMYK), which the
+reference script cannot write, is converted to RGB.
+
+Outputs (``dst/ADE20K_2021_17_01/``): ``images_detectron2/{split_dir}/X.jpg`` and
+``annotations_detectron2/{split_dir}/X.tif`` (uint16 labels 0..846).
 
 The index is a pickle: load only the file of the official download.
 """
@@ -29,15 +34,8 @@ import numpy as np
 from PIL import Image
 
 from omtseg.data.benchmark_vocab import SPLIT_DIRS, zero_shot_vocabulary
-from omtseg.data.prepare._common import (
-    PrepareStats,
-    copy_file,
-    find_raw,
-    is_done,
-    progress,
-    resize_short_side,
-    save_label,
-)
+from omtseg.data.prepare._common import PrepareStats, find_raw, is_done, progress, save_label
+from omtseg.data.prepare.resize import resize_linear, resize_nearest, shrunk_size
 from omtseg.io import atomic_path, read_image
 
 DOWNLOAD = (
@@ -115,16 +113,18 @@ def prepare_ade20k_847(
                 f"{image_path if not image_path.is_file() else seg_path} is listed in index_ade20k.pkl but "
                 f"missing; folders are relative to {raw.parent}. Extract the full download there."
             )
-        image = read_image(image_path)
+        image = read_image(image_path, mode="")  # (H, W) grey or (H, W, 3), as the reference reads it
+        if image.ndim == 3 and image.shape[2] != 3:
+            image = read_image(image_path, mode="RGB")
         class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
         if class_ids.shape != image.shape[:2]:
             raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
-        image, class_ids, resized = resize_short_side(image, class_ids, MAX_SHORT_SIDE)
-        if not resized:
-            copy_file(image_path, out_image, stats, overwrite=overwrite)
-        elif overwrite or not out_image.exists():
+        size = shrunk_size(*class_ids.shape, MAX_SHORT_SIDE)
+        if size is not None:
+            image, class_ids = resize_linear(image, size), resize_nearest(class_ids, size)
+        if overwrite or not out_image.exists():
             with atomic_path(out_image) as tmp:
-                Image.fromarray(image).save(tmp, format="JPEG", quality=95)
+                Image.fromarray(image).save(tmp, format="JPEG")  # PIL's defaults, as the reference saves
             stats.count("images", wrote=True)
         else:
             stats.count("images", wrote=False)
