@@ -37,7 +37,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from omtseg.data.vocabulary import load_vocabulary
+from omtseg.data.vocabulary import read_categories_json
 from omtseg.io import save_json
 from omtseg.modeling.criterion import SetCriterion
 from omtseg.modeling.matcher import HungarianMatcher
@@ -53,7 +53,7 @@ SEGMENTS_PER_IMAGE = 12
 
 def coco_vocabulary() -> Vocabulary:
     """The 133 COCO panoptic classes with their prompt synonyms."""
-    return load_vocabulary(COCO_CATEGORIES)
+    return read_categories_json(COCO_CATEGORIES)
 
 
 def synthetic_targets(batch: int, size: int, vocabulary: Vocabulary, device: torch.device) -> list[Targets]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
+from omtseg.data.vocabulary import read_vocabulary_tsv
 from omtseg.types import Vocabulary
 
 DATASETS_ENV = "OMTSEG_DATASETS"
@@ -153,62 +154,6 @@ def benchmark_spec(name: str) -> BenchmarkSpec:
     return BENCHMARKS[name]
 
 
-def read_vocabulary_file(path: str | os.PathLike[str]) -> Vocabulary:
-    """Parse a vocabulary asset (format in ``omtseg/assets/vocabularies/NOTICE.md``).
-
-    Each class line has 2 columns (``id``, ``names``) or 4 (``id``, ``isthing``, ``R,G,B``, ``names``).
-    Two-column files are semantic-only benchmarks: every class is marked stuff, so panoptic post-processing
-    merges each class into one segment, which is what a semantic label map means. ``category_ids`` holds
-    the dataset's class id of each label (what the prepare commands map from).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a malformed line (named with its line number).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Vocabulary file not found: {path}.")
-    ids: list[int] = []
-    synonyms: list[tuple[str, ...]] = []
-    is_thing: list[bool] = []
-    colors: list[tuple[int, int, int] | None] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        fields = line.split("\t")
-        try:
-            if len(fields) == 2:
-                ids.append(int(fields[0]))
-                is_thing.append(False)
-                colors.append(None)
-            elif len(fields) == 4:
-                ids.append(int(fields[0]))
-                if fields[1] not in ("0", "1"):
-                    raise ValueError(f"isthing must be 0 or 1, got {fields[1]!r}")
-                is_thing.append(fields[1] == "1")
-                r, g, b = (int(c) for c in fields[2].split(","))
-                colors.append((r, g, b))
-            else:
-                raise ValueError(f"expected 2 or 4 tab-separated columns, got {len(fields)}")
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: {e}. Fix the line: {line!r}") from e
-        # dict.fromkeys drops repeated synonyms (the sources repeat a few) and keeps their order.
-        names = tuple(dict.fromkeys(n.strip() for n in fields[-1].split(",") if n.strip()))
-        if not names:
-            raise ValueError(f"{path}:{number}: the class has no name. Fix the line: {line!r}")
-        synonyms.append(names)
-    if not synonyms:
-        raise ValueError(f"Vocabulary file {path} lists no class.")
-    fallback = Vocabulary.from_names([s[0] for s in synonyms]).colors
-    return Vocabulary(
-        names=tuple(s[0] for s in synonyms),
-        synonyms=tuple(synonyms),
-        is_thing=tuple(is_thing),
-        category_ids=tuple(ids),
-        colors=tuple(c if c is not None else fallback[k] for k, c in enumerate(colors)),
-    )
-
-
 def _asset(file_name: str) -> Path:
     return Path(str(resources.files("omtseg") / "assets" / "vocabularies" / file_name))
 
@@ -221,7 +166,7 @@ def zero_shot_vocabulary(name: str) -> Vocabulary:
         ValueError: unknown name, or the asset does not hold ``num_classes`` classes.
     """
     spec = benchmark_spec(name)
-    vocabulary = read_vocabulary_file(_asset(spec.vocabulary_file))
+    vocabulary = read_vocabulary_tsv(_asset(spec.vocabulary_file))
     if len(vocabulary) != spec.num_classes:
         raise ValueError(
             f"{spec.vocabulary_file} lists {len(vocabulary)} classes, {spec.title} has {spec.num_classes}; "

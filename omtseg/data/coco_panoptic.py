@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from omtseg.data.vocabulary import category_index, load_vocabulary, vocabulary_from_categories
+from omtseg.data.vocabulary import category_index, read_categories_json, vocabulary_from_categories
 from omtseg.io import load_json, read_image, read_panoptic_png
 from omtseg.types import ImageInfo, Sample, Targets, Vocabulary
 
@@ -121,7 +121,7 @@ class CocoPanopticDataset(Dataset):
                 "give the panoptic_{split}.json file."
             )
         if categories_json is not None:
-            self.vocabulary: Vocabulary = load_vocabulary(categories_json)
+            self.vocabulary: Vocabulary = read_categories_json(categories_json)
         elif "categories" in data:
             self.vocabulary = vocabulary_from_categories(data["categories"], source=str(self.panoptic_json))
         else:

@@ -25,7 +25,7 @@ from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit, Transf
 from omtseg.data.collate import collate
 from omtseg.data.synthetic import make_synthetic_panoptic
 from omtseg.data.transforms import EvalTransform, TrainTransform
-from omtseg.data.vocabulary import load_vocabulary
+from omtseg.data.vocabulary import read_categories_json
 from omtseg.io import read_image
 from omtseg.types import ImageInfo, Sample, Vocabulary
 
@@ -232,7 +232,7 @@ class PanopticDataModule(LightningDataModule):
                 return self._labelled(name).vocabulary
         for split in self.splits.values():
             if split is not None:
-                return load_vocabulary(split.categories_json or split.panoptic_json)
+                return read_categories_json(split.categories_json or split.panoptic_json)
         raise ValueError("No train/val/test split is configured, so there is no dataset vocabulary.")
 
     @property

@@ -1,4 +1,15 @@
-"""Class vocabularies from dataset category lists, with clean prompt names.
+"""Class vocabularies: one reader per file format, and clean prompt names for dataset category codes.
+
+Readers, each named for the format it reads:
+
+- :func:`read_categories_json`: COCO-style category records (``panoptic_coco_categories.json`` or the
+  ``categories`` of a panoptic JSON) -> :class:`Vocabulary` with dataset ids, thing/stuff and colors.
+- :func:`read_vocabulary_tsv`: the benchmark class lists in ``omtseg/assets/vocabularies/`` (tab-separated
+  ``id [isthing R,G,B] names``) -> :class:`Vocabulary`.
+- :func:`read_class_list`: a user's class list for ``omtseg predict --vocabulary_file`` (one class per line,
+  ``stuff:`` prefix for stuff) -> thing and stuff entries.
+
+Plain names (``["cat", "tv, monitor"]``) become a vocabulary through :meth:`Vocabulary.from_names`.
 
 Dataset category names are annotation codes (``wall-other-merged``, ``playingfield``); the model reads
 class names as text, so they are cleaned into plain words first. The rule (:func:`clean_class_name`)
@@ -11,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omtseg.io import load_json
@@ -161,9 +173,98 @@ def load_categories(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return data
 
 
-def load_vocabulary(path: str | os.PathLike[str]) -> Vocabulary:
+def read_categories_json(path: str | os.PathLike[str]) -> Vocabulary:
     """The :class:`Vocabulary` of a categories JSON (see :func:`load_categories`)."""
     return vocabulary_from_categories(load_categories(path), source=str(path))
+
+
+def read_vocabulary_tsv(path: str | os.PathLike[str]) -> Vocabulary:
+    """Parse a vocabulary asset (format in ``omtseg/assets/vocabularies/NOTICE.md``).
+
+    Each class line has 2 columns (``id``, ``names``) or 4 (``id``, ``isthing``, ``R,G,B``, ``names``).
+    Two-column files are semantic-only benchmarks: every class is marked stuff, so panoptic post-processing
+    merges each class into one segment, which is what a semantic label map means. ``category_ids`` holds
+    the dataset's class id of each label (what the prepare commands map from).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a malformed line (named with its line number).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Vocabulary file not found: {path}.")
+    ids: list[int] = []
+    synonyms: list[tuple[str, ...]] = []
+    is_thing: list[bool] = []
+    colors: list[tuple[int, int, int] | None] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        try:
+            if len(fields) == 2:
+                ids.append(int(fields[0]))
+                is_thing.append(False)
+                colors.append(None)
+            elif len(fields) == 4:
+                ids.append(int(fields[0]))
+                if fields[1] not in ("0", "1"):
+                    raise ValueError(f"isthing must be 0 or 1, got {fields[1]!r}")
+                is_thing.append(fields[1] == "1")
+                r, g, b = (int(c) for c in fields[2].split(","))
+                colors.append((r, g, b))
+            else:
+                raise ValueError(f"expected 2 or 4 tab-separated columns, got {len(fields)}")
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: {e}. Fix the line: {line!r}") from e
+        # dict.fromkeys drops repeated synonyms (the sources repeat a few) and keeps their order.
+        names = tuple(dict.fromkeys(n.strip() for n in fields[-1].split(",") if n.strip()))
+        if not names:
+            raise ValueError(f"{path}:{number}: the class has no name. Fix the line: {line!r}")
+        synonyms.append(names)
+    if not synonyms:
+        raise ValueError(f"Vocabulary file {path} lists no class.")
+    fallback = Vocabulary.from_names([s[0] for s in synonyms]).colors
+    return Vocabulary(
+        names=tuple(s[0] for s in synonyms),
+        synonyms=tuple(synonyms),
+        is_thing=tuple(is_thing),
+        category_ids=tuple(ids),
+        colors=tuple(c if c is not None else fallback[k] for k, c in enumerate(colors)),
+    )
+
+
+def read_class_list(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Class names from a text file: one class per line, ``"tv, monitor"`` = one class with two names.
+
+    A line starting with ``stuff:`` names a stuff class (amorphous regions: sky, grass); other lines name
+    thing classes. Blank lines and lines starting with ``#`` are skipped.
+
+    Returns:
+        (thing names, stuff names), each entry a comma-separated synonym list.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file names no class.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Vocabulary file not found: {path}. Write one class name per line.")
+    things, stuff = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.lower().startswith("stuff:"):
+            stuff.append(line[len("stuff:") :].strip())
+        else:
+            things.append(line)
+    if not any(n.strip(" ,") for n in things + stuff):
+        raise ValueError(
+            f"Vocabulary file {path} names no class; write one class per line (\"tv, monitor\" for synonyms, "
+            "\"stuff: sky\" for stuff)."
+        )
+    return things, stuff
 
 
 def category_index(vocabulary: Vocabulary) -> dict[int, int]:

@@ -12,7 +12,7 @@ from omtseg.data.vocabulary import (
     class_synonyms,
     clean_class_name,
     load_categories,
-    load_vocabulary,
+    read_categories_json,
     vocabulary_from_categories,
 )
 
@@ -54,7 +54,7 @@ def test_table_overrides_rule_where_rule_reads_badly() -> None:
 
 
 def test_coco_vocabulary_is_clean_and_unambiguous() -> None:
-    vocab = load_vocabulary(COCO_CATEGORIES)
+    vocab = read_categories_json(COCO_CATEGORIES)
     assert len(vocab) == 133
     assert sum(vocab.is_thing) == 80 and vocab.is_thing.count(False) == 53
     raw_names = [c["name"] for c in json.loads(COCO_CATEGORIES.read_text())]

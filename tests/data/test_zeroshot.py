@@ -13,11 +13,11 @@ from omtseg.data.benchmark_vocab import (
     BENCHMARKS,
     ade20k_instance_labels,
     datasets_root,
-    read_vocabulary_file,
     zero_shot_vocabulary,
 )
 from omtseg.data.collate import collate
 from omtseg.data.transforms import EvalTransform, TrainTransform
+from omtseg.data.vocabulary import read_vocabulary_tsv
 from omtseg.data.zeroshot import (
     ADE20KPanopticDataset,
     SemanticSegmentationDataset,
@@ -93,19 +93,19 @@ def test_class_ids_of_847_and_context59() -> None:
 def test_read_vocabulary_file_formats_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "v.txt"
     path.write_text("# comment\n7\tdog, puppy, dog\n9\tcat\n")
-    vocabulary = read_vocabulary_file(path)
+    vocabulary = read_vocabulary_tsv(path)
     assert vocabulary.synonyms == (("dog", "puppy"), ("cat",))
     assert vocabulary.category_ids == (7, 9) and vocabulary.is_thing == (False, False)
     path.write_text("0\t1\t1,2,3\tdog\n")
-    assert read_vocabulary_file(path).colors == ((1, 2, 3),)
+    assert read_vocabulary_tsv(path).colors == ((1, 2, 3),)
     path.write_text("0\tdog\n1\t2\tcat\n")
     with pytest.raises(ValueError, match=r"v\.txt:2"):
-        read_vocabulary_file(path)
+        read_vocabulary_tsv(path)
     path.write_text("0\t5\t1,2,3\tdog\n")
     with pytest.raises(ValueError, match="isthing"):
-        read_vocabulary_file(path)
+        read_vocabulary_tsv(path)
     with pytest.raises(FileNotFoundError):
-        read_vocabulary_file(tmp_path / "none.txt")
+        read_vocabulary_tsv(tmp_path / "none.txt")
     with pytest.raises(ValueError, match="Unknown zero-shot benchmark"):
         zero_shot_vocabulary("ade20k_151")
 
