@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from omtseg.caption_module import load_captioner
-from omtseg.captioning import caption_results
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.inference import caption_results
+from omtseg.checkpoint import load_captioner
 from omtseg.evaluation.export import export_panoptic_predictions
 from omtseg.io import load_json, read_image, save_image, save_json
-from omtseg.modeling.captioner import SegmentCaptioner
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
 from omtseg.visualize import overlay_panoptic, overlay_semantic
@@ -83,7 +83,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
             short side reaches this many pixels, so that class names stay readable on tiny images.
         image_dir: folder of the original images (``info.file_name`` is relative to it); overlays are
             then drawn on the files at full quality instead of on the resized batch images.
-        captioner_ckpt: a captioner saved by :func:`~omtseg.caption_module.save_captioner` for the
+        captioner_ckpt: a captioner saved by :func:`~omtseg.checkpoint.save_captioner` for the
             segmenter being run; every panoptic segment then gets a caption (JSON and overlays).
         caption_max_tokens: caption length limit in tokens.
     """

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omtseg.modeling.captioner import SegmentCaptioner, box_masks
+from omtseg.boxes import box_masks
+from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Predictions, Vocabulary
 

@@ -12,17 +12,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from omtseg.caption_module import (
-    SegmentCaptionModule,
-    load_captioner,
-    load_segmenter_checkpoint,
-    save_captioner,
-)
-from omtseg.captioning import caption_prompt, caption_results, match_queries, segmenter_pass
-from omtseg.data.captions import PanopticRegionCaptions, collate_regions, synthetic_caption_words
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.inference import caption_prompt, caption_results, match_queries, segmenter_pass
+from omtseg.captioning.language_model import make_word_level_lm
+from omtseg.checkpoint import load_captioner, load_segmenter, save_captioner
+from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.coco_panoptic import CocoPanopticDataset
+from omtseg.data.regions import PanopticRegionCaptions, collate_regions
 from omtseg.data.synthetic import make_synthetic_panoptic, synthetic_vocabulary
-from omtseg.modeling.captioner import SegmentCaptioner, make_word_level_lm
+from omtseg.lit_captioner import CaptionerModule
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo
 
@@ -109,7 +107,7 @@ def test_lightning_trains_the_captioner_and_keeps_the_segmenter_frozen(
 ) -> None:
     seg = tiny_segmenter()
     before = {k: v.clone() for k, v in seg.state_dict().items()}
-    module = SegmentCaptionModule(
+    module = CaptionerModule(
         segmenter=seg,
         captioner=tiny_captioner(lm_dir, freeze_language_model=False),  # a random tiny LM must learn too
         class_names=list(VOCAB.names),
@@ -147,15 +145,17 @@ def test_segmenter_checkpoint_loads_and_mismatch_is_clear(tmp_path: Path) -> Non
     with torch.no_grad():
         source.decoder.query_feat.weight.add_(1.0)
     path = tmp_path / "seg.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, path)
+    state = {f"model.{k}": v for k, v in source.state_dict().items()}
+    torch.save({"omtseg_format": 1, "state_dict": state}, path)
     target = tiny_segmenter()
-    load_segmenter_checkpoint(target, path)
+    load_segmenter(target, path)
     assert torch.equal(target.decoder.query_feat.weight, source.decoder.query_feat.weight)
-    torch.save({"state_dict": {"model.decoder.extra": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+    bad = {"omtseg_format": 1, "state_dict": {"model.decoder.extra": torch.zeros(1)}}
+    torch.save(bad, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="does not fit"):
-        load_segmenter_checkpoint(target, tmp_path / "bad.ckpt")
+        load_segmenter(target, tmp_path / "bad.ckpt")
     with pytest.raises(FileNotFoundError, match="omtseg fit"):
-        load_segmenter_checkpoint(target, tmp_path / "none.ckpt")
+        load_segmenter(target, tmp_path / "none.ckpt")
 
 
 def test_caption_results_fill_every_segment(lm_dir: Path) -> None:

@@ -12,18 +12,20 @@ import pytest
 import torch
 from PIL import Image
 
-from omtseg.data.captions import (
-    PanopticRegionCaptions,
-    RefCocoRegions,
-    RegionSample,
-    VisualGenomeRegions,
+from omtseg.data.caption_text import (
     class_name_captions,
-    collate_regions,
     color_name,
     synthetic_caption_words,
     synthetic_region_captions,
 )
 from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit
+from omtseg.data.regions import (
+    PanopticRegionCaptions,
+    RefCocoRegions,
+    RegionSample,
+    VisualGenomeRegions,
+    collate_regions,
+)
 from omtseg.data.synthetic import synthetic_vocabulary
 from omtseg.types import ImageInfo, Targets, Vocabulary
 

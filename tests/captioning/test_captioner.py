@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from omtseg.modeling.captioner import SegmentCaptioner, box_masks, level_masks, make_word_level_lm
+from omtseg.boxes import box_masks
+from omtseg.captioning.captioner import SegmentCaptioner, level_masks
+from omtseg.captioning.language_model import make_word_level_lm
 
 WORDS = "a large small red blue yellow ball box cone above below left of right".split()
 C = 32

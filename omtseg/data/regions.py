@@ -6,11 +6,8 @@
 - RefCOCOg-style referring expressions: ``refs(umd).p`` (a pickled list of refs with ``ref_id``, ``ann_id``,
   ``image_id``, ``split`` and ``sentences[].sent``) and the COCO ``instances.json`` whose annotations hold the
   referred objects' polygons or RLE.
-- Weak supervision from panoptic data (SCA's pre-training on detection class names): every segment of a
-  panoptic sample captioned by a template over its class name, e.g. "a photo of a {name}".
-- Synthetic region captions: for the synthetic panoptic dataset, a caption from each segment's geometry and
-  class color ("a large red ball above a small purple box"), so captioning can be trained and demonstrated
-  without downloads.
+- A panoptic dataset's segments with generated captions (:mod:`omtseg.data.caption_text`: class-name
+  templates or synthetic scene descriptions).
 
 Every source yields :class:`RegionSample`; :func:`collate_regions` pads them into a :class:`RegionBatch`.
 """
@@ -30,28 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from omtseg.boxes import box_masks
+from omtseg.data.caption_text import (
+    WEAK_TEMPLATE,
+    check_template,
+    class_name_captions,
+    synthetic_region_captions,
+)
 from omtseg.data.transforms import nearest_source_indices
 from omtseg.io import load_json, read_image
 from omtseg.types import ImageInfo, Sample, Targets, Vocabulary
-
-WEAK_TEMPLATE = "a photo of a {name}"
-# Named colors for synthetic captions; a class's color family is the nearest entry in RGB.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (205, 40, 40),
-    "orange": (245, 135, 25),
-    "yellow": (235, 210, 40),
-    "green": (50, 150, 50),
-    "teal": (30, 105, 125),
-    "blue": (70, 120, 225),
-    "purple": (130, 60, 190),
-    "pink": (240, 120, 180),
-    "brown": (140, 75, 50),
-    "tan": (215, 190, 145),
-    "gray": (110, 110, 110),
-    "white": (240, 240, 240),
-    "black": (20, 20, 20),
-}
-SMALL_AREA, LARGE_AREA = 0.03, 0.08  # share of the image below / above which a thing is "small" / "large"
 
 
 @dataclass
@@ -147,17 +132,9 @@ def _resized(
     return img, masks[:, rows][:, :, cols], size
 
 
-def _box_masks(boxes: np.ndarray, size: tuple[int, int]) -> Tensor:
-    """(S, 4) ``x, y, width, height`` -> (S, H, W) bool: pixel centres inside, at least the centre pixel."""
-    h, w = size
-    ys, xs = np.arange(h) + 0.5, np.arange(w) + 0.5
-    x0, y0 = boxes[:, 0:1], boxes[:, 1:2]
-    x1, y1 = x0 + boxes[:, 2:3], y0 + boxes[:, 3:4]
-    cy = np.clip(np.floor((y0 + y1) / 2), 0, h - 1)
-    cx = np.clip(np.floor((x0 + x1) / 2), 0, w - 1)
-    in_y = ((ys >= y0) & (ys <= y1)) | (np.arange(h) == cy)  # (S, H)
-    in_x = ((xs >= x0) & (xs <= x1)) | (np.arange(w) == cx)  # (S, W)
-    return torch.from_numpy(in_y[:, :, None] & in_x[:, None, :])
+def _xyxy(boxes: np.ndarray) -> np.ndarray:
+    """(S, 4) ``x, y, width, height`` -> (S, 4) ``x0, y0, x1, y1``."""
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
 
 def _find_image(dirs: Sequence[Path], name: str) -> Path:
@@ -213,13 +190,13 @@ class VisualGenomeRegions(Dataset):
         path = _find_image(self.image_dirs, f"{image_id}.jpg")
         image = read_image(path)
         h, w = image.shape[:2]
-        boxes = np.array([[r["x"], r["y"], r["width"], r["height"]] for r in regions], dtype=np.float64)
+        xywh = np.array([[r["x"], r["y"], r["width"], r["height"]] for r in regions], dtype=np.float64)
         img, _, size = _resized(image, torch.zeros((0, h, w), dtype=torch.bool), self.max_size)
         # Rasterise at the final size from scaled boxes: sharper than resizing box masks.
         scale = np.array([size[1] / w, size[0] / h, size[1] / w, size[0] / h])
         return RegionSample(
             image=img,
-            masks=_box_masks(boxes.reshape(-1, 4) * scale, size),
+            masks=box_masks(torch.from_numpy(_xyxy(xywh.reshape(-1, 4) * scale)), size),
             captions=[[r["phrase"].strip()] for r in regions],
             region_ids=[str(r["region_id"]) for r in regions],
             info=ImageInfo(image_id=image_id, file_name=path.name, orig_size=(h, w), resized_size=size),
@@ -297,97 +274,6 @@ class RefCocoRegions(Dataset):
         )
 
 
-def class_name_captions(targets: Targets, vocabulary: Vocabulary, template: str = WEAK_TEMPLATE) -> list[str]:
-    """Weak supervision: each segment's class name in ``template`` (which must contain ``{name}``)."""
-    _check_template(template)
-    return [template.format(name=vocabulary.names[i]) for i in targets.labels.tolist()]
-
-
-def _check_template(template: str) -> None:
-    if "{name}" not in template:
-        raise ValueError(f"Caption template {template!r} lacks '{{name}}'; e.g. {WEAK_TEMPLATE!r}.")
-
-
-def color_name(rgb: Sequence[int]) -> str:
-    """The :data:`PALETTE` name nearest to ``rgb``."""
-    return min(PALETTE, key=lambda n: sum((a - b) ** 2 for a, b in zip(PALETTE[n], rgb, strict=True)))
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
-def synthetic_region_captions(targets: Targets, vocabulary: Vocabulary) -> list[str]:
-    """Captions of a synthetic panoptic sample's segments from their geometry and class colors.
-
-    A thing: size (area under 3% / over 8% of the image: "small" / "large"), its class color family and name,
-    and where it lies relative to the nearest other thing ("a large red ball above a small purple box"); a
-    lone thing is placed in front of the stuff around it. Stuff: color, name and vertical position ("blue sky
-    at the top"). Meant for vocabularies whose colors describe the classes (the synthetic one).
-
-    Args:
-        targets: the sample's segments (after any transform, so flips swap left and right).
-        vocabulary: the classes ``targets.labels`` index.
-
-    Returns:
-        One caption per segment, in the order of ``targets.labels``.
-    """
-    masks = targets.masks
-    n, (h, w) = masks.shape[0], masks.shape[-2:]
-    if n == 0:
-        return []
-    labels = targets.labels.tolist()
-    ys = torch.arange(h, dtype=torch.float32)[None, :, None]
-    xs = torch.arange(w, dtype=torch.float32)[None, None, :]
-    area = masks.flatten(1).sum(1).clamp(min=1).float()  # (N,)
-    cy = (masks * ys).flatten(1).sum(1) / area  # (N,)
-    cx = (masks * xs).flatten(1).sum(1) / area
-
-    def noun(i: int) -> str:
-        words = [color_name(vocabulary.colors[labels[i]]), vocabulary.names[labels[i]]]
-        share = float(area[i]) / (h * w)
-        if targets.is_thing[i] and share < SMALL_AREA:
-            words.insert(0, "small")
-        elif targets.is_thing[i] and share > LARGE_AREA:
-            words.insert(0, "large")
-        return " ".join(words)
-
-    things = [i for i in range(n) if targets.is_thing[i]]
-    # Dilating by a few pixels finds the stuff a lone thing touches.
-    near = F.max_pool2d(masks[:, None].float(), kernel_size=7, stride=1, padding=3)[:, 0] > 0  # (N, H, W)
-    captions = []
-    for i in range(n):
-        if not targets.is_thing[i]:
-            third = ("at the top", "in the middle", "at the bottom")[min(2, int(3 * float(cy[i]) / h))]
-            captions.append(f"{noun(i)} {third}")
-            continue
-        others = [j for j in things if j != i]
-        if others:
-            j = min(others, key=lambda k: float((cy[k] - cy[i]) ** 2 + (cx[k] - cx[i]) ** 2))
-            dy, dx = float(cy[i] - cy[j]), float(cx[i] - cx[j])
-            if abs(dy) >= abs(dx):
-                relation = "above" if dy < 0 else "below"
-            else:
-                relation = "left of" if dx < 0 else "right of"
-            captions.append(f"{_article(noun(i))} {relation} {_article(noun(j))}")
-            continue
-        ring = near[i] & ~masks[i]
-        stuff = [j for j in range(n) if not targets.is_thing[j]]
-        touching = max(stuff, key=lambda j: int((masks[j] & ring).sum()), default=None)
-        suffix = f" in front of the {vocabulary.names[labels[touching]]}" if touching is not None else ""
-        captions.append(_article(noun(i)) + suffix)
-    return captions
-
-
-def synthetic_caption_words(vocabulary: Vocabulary) -> list[str]:
-    """Every word :func:`synthetic_region_captions` and :func:`class_name_captions` can write (a closed
-    vocabulary for a tiny word-level language model)."""
-    fixed = "a an small large above below left right of in front the at top middle bottom photo".split()
-    names = [w for name in vocabulary.names for w in name.split()]
-    colors = [w for c in PALETTE for w in c.split()]
-    return list(dict.fromkeys(fixed + colors + names))
-
-
 class PanopticRegionCaptions(Dataset):
     """Region captions derived from a panoptic dataset: weak class-name captions or synthetic descriptions.
 
@@ -408,7 +294,7 @@ class PanopticRegionCaptions(Dataset):
         template: str = WEAK_TEMPLATE,
     ) -> None:
         if captions == "class_name":
-            _check_template(template)
+            check_template(template)
             self.describe: Callable[[Targets, Vocabulary], list[str]] = lambda t, v: class_name_captions(
                 t, v, template
             )

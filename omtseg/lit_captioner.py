@@ -1,19 +1,19 @@
-"""The LightningModule that trains the segment captioner on region-caption data with the segmenter frozen.
+"""The captioner's LightningModule: trains the segment captioner on region captions, the segmenter frozen.
 
 SCA's recipe: the segmenter (SAM there, OMTSeg here) is fixed, and only the feature mixer (and, at a small
 learning rate or not at all, the language model) learns, from region captions (:class:`RegionBatch`). Each
-region is paired with the decoder query whose mask overlaps it most (see :mod:`omtseg.captioning`).
+region is paired with the decoder query whose mask overlaps it most (see :mod:`omtseg.captioning.inference`).
 Validation writes captions greedily and logs ``val/cider_d`` and ``val/bleu_4`` (and METEOR where Java runs).
 
 Checkpoints hold the captioner (the LM included, so a checkpoint is self-contained) and the segmenter's
 weights as loaded, so a ``.ckpt`` alone restores the whole captioning system. For ``omtseg predict
---captioner_ckpt``, :func:`save_captioner` writes the captioner alone with the arguments that rebuild it, and
-:func:`load_captioner` restores it next to any segmenter of matching widths.
+--captioner_ckpt``, :func:`omtseg.checkpoint.save_captioner` writes the captioner alone with the arguments
+that rebuild it, and :func:`omtseg.checkpoint.load_captioner` restores it next to any segmenter of matching
+widths.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -21,105 +21,13 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from omtseg.captioning import match_queries, segmenter_pass
-from omtseg.data.captions import RegionBatch
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.inference import match_queries, segmenter_pass
+from omtseg.checkpoint import load_segmenter
+from omtseg.data.regions import RegionBatch
 from omtseg.evaluation.caption import evaluate_captions
-from omtseg.modeling.captioner import SegmentCaptioner
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Vocabulary
-
-
-def load_segmenter_checkpoint(segmenter: OMTSeg, path: str | Path) -> None:
-    """Load an ``omtseg fit`` checkpoint's segmenter weights (``model.*`` keys) into ``segmenter``.
-
-    A checkpoint that stored its frozen BEiT-3 as a file reference (``omtseg_backbone``) gets the backbone
-    from that file first.
-
-    Raises:
-        FileNotFoundError: the checkpoint (or the BEiT-3 file it refers to) is missing.
-        ValueError: the checkpoint's weights do not fit this segmenter's configuration.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Segmenter checkpoint not found: {path}; give a .ckpt written by `omtseg fit`."
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k[len("model.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")}
-    if not state:
-        raise ValueError(
-            f"{path} holds no segmenter weights (no 'model.*' keys); is it an omtseg checkpoint?"
-        )
-    source = ckpt.get("omtseg_backbone")
-    if source is not None:
-        if not Path(source["path"]).is_file():
-            raise FileNotFoundError(
-                f"{path} takes its frozen BEiT-3 weights from {source['path']}, which is missing; restore it."
-            )
-        segmenter.load_backbone_weights(source["path"])
-        own = segmenter.state_dict()
-        state = {**{k: own[k] for k in own if k not in state}, **state}
-    result = segmenter.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit this segmenter (missing {result.missing_keys[:5]}, unexpected "
-            f"{result.unexpected_keys[:5]}); configure the segmenter as it was trained."
-        )
-
-
-CAPTIONER_FORMAT = 1
-
-
-def save_captioner(captioner: SegmentCaptioner, config: dict[str, Any], path: str | Path) -> Path:
-    """Write a captioner checkpoint for :func:`load_captioner` (``omtseg predict --captioner_ckpt``).
-
-    Args:
-        captioner: the trained captioner.
-        config: the keyword arguments it was built with. ``language_model`` names the directory its
-            tokenizer and architecture are read from at load time (the weights are saved here); one inside
-            the checkpoint's folder is stored relative to it, so the folder can move as a whole.
-        path: the ``.ckpt`` file to write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lm = Path(config["language_model"]).resolve()
-    if lm.is_relative_to(path.parent.resolve()):
-        lm = lm.relative_to(path.parent.resolve())
-    config = {**config, "language_model": str(lm)}
-    torch.save(
-        {"omtseg_captioner": CAPTIONER_FORMAT, "config": config, "state_dict": captioner.state_dict()}, path
-    )
-    return path
-
-
-def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
-    """Rebuild a captioner saved by :func:`save_captioner`, in eval mode.
-
-    Returns:
-        The captioner and the keyword arguments it was built with.
-
-    Raises:
-        FileNotFoundError: the checkpoint or the language model directory it names is missing.
-        ValueError: the file is not a captioner checkpoint.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Captioner checkpoint not found: {path}; give a file written by save_captioner."
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "omtseg_captioner" not in ckpt:
-        raise ValueError(
-            f"{path} is not a captioner checkpoint (no 'omtseg_captioner' entry); write one with "
-            "omtseg.caption_module.save_captioner (the demo saves captioner.ckpt)."
-        )
-    config = ckpt["config"]
-    # A relative language model directory lies next to the checkpoint (see save_captioner).
-    lm = Path(config["language_model"])
-    config = {**config, "language_model": str(lm if lm.is_absolute() else path.parent / lm)}
-    captioner = SegmentCaptioner(**config)
-    captioner.load_state_dict(ckpt["state_dict"])
-    return captioner.eval(), config
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -127,7 +35,7 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-class SegmentCaptionModule(L.LightningModule):
+class CaptionerModule(L.LightningModule):
     """Train a :class:`SegmentCaptioner` on region captions over a frozen :class:`OMTSeg`.
 
     Args:
@@ -159,7 +67,7 @@ class SegmentCaptionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["segmenter", "captioner", "optimizer"])
         if segmenter_checkpoint is not None:
-            load_segmenter_checkpoint(segmenter, segmenter_checkpoint)
+            load_segmenter(segmenter, segmenter_checkpoint)
         segmenter.requires_grad_(False)
         self.segmenter = segmenter.eval()
         self.captioner = captioner
@@ -172,7 +80,7 @@ class SegmentCaptionModule(L.LightningModule):
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
 
-    def train(self, mode: bool = True) -> SegmentCaptionModule:
+    def train(self, mode: bool = True) -> CaptionerModule:
         """Switch modes; the frozen segmenter stays in eval mode (no dropout, fixed statistics)."""
         super().train(mode)
         self.segmenter.eval()

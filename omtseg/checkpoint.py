@@ -1,0 +1,336 @@
+"""The omtseg ``.ckpt`` format: every rule for writing, reading and checking checkpoints lives here.
+
+Segmenter checkpoints are Lightning checkpoints (``omtseg fit`` writes them) with two omtseg entries:
+
+- ``omtseg_format``: :data:`FORMAT_VERSION`; a file without it was not written by omtseg (an official BEiT-3
+  ``.pth`` given as a checkpoint, say) and is refused with a clear error.
+- ``omtseg_backbone``: ``{"path", "sha256"}`` of the official BEiT-3 file the frozen trunk was loaded from.
+  Its frozen weights are then left out of ``state_dict`` (1.6 GB for BEiT-3-large) and restored from that
+  file at load time, after checking that the file is the same one (sha256). A randomly initialised trunk has
+  no such entry: its weights exist nowhere else, so they stay in the state dict.
+
+Captioner checkpoints (:func:`save_captioner`) hold ``omtseg_captioner`` (:data:`CAPTIONER_FORMAT`), the
+arguments that rebuild the captioner and its weights, the language model included.
+
+Every file is read with ``torch.load(weights_only=True)``: hyperparameters must be plain data
+(:func:`is_plain`), never pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.modeling.backbone.beit3 import BEiT3
+from omtseg.modeling.segmenter import OMTSeg
+
+FORMAT_VERSION = 1
+"""Version of the omtseg entries in a segmenter ``.ckpt`` (``omtseg_format``)."""
+FORMAT_KEY = "omtseg_format"
+BACKBONE_KEY = "omtseg_backbone"
+CAPTIONER_FORMAT = 1
+"""Version of a captioner checkpoint (``omtseg_captioner``)."""
+CAPTIONER_KEY = "omtseg_captioner"
+SEGMENTER_PREFIX = "model."
+"""Where the segmenter's weights sit in a Lightning checkpoint's ``state_dict`` (the module's ``model``)."""
+
+_NOT_OMTSEG = (
+    "was not written by omtseg (no 'omtseg_format' entry); give a .ckpt saved by `omtseg fit`. "
+    "Official BEiT-3 .pth files go to model.backbone_weights instead."
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks (BEiT-3-large is 1.6 GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_plain(value: Any) -> bool:
+    """True for hyperparameters that survive ``torch.load(weights_only=True)``: configs, not live objects."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(v) for v in value)
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+# ------------------------------------------------------------------------------------------ reading files
+
+
+def read_checkpoint(path: str | Path, *, header_only: bool = False) -> dict[str, Any]:
+    """An omtseg segmenter checkpoint's content, read weights-only.
+
+    Args:
+        path: the ``.ckpt`` file.
+        header_only: memory-map the file, so checking a checkpoint reads only what is looked at.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a checkpoint, or one not written by omtseg (e.g. an official BEiT-3 ``.pth``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}. Give the .ckpt written by `omtseg fit`.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=header_only)
+    except Exception as e:  # torch raises several types for a file that is no checkpoint
+        raise ValueError(f"Cannot read checkpoint {path}: {e}. Give a .ckpt written by `omtseg fit`.") from e
+    if not isinstance(checkpoint, dict) or FORMAT_KEY not in checkpoint:
+        raise ValueError(f"{path} {_NOT_OMTSEG}")
+    return checkpoint
+
+
+def check_checkpoint(path: str | Path, *, need_model_config: bool = False) -> None:
+    """Fail early and clearly unless ``path`` is an omtseg ``.ckpt`` (before Lightning reads it).
+
+    Args:
+        path: the ``.ckpt`` file.
+        need_model_config: also require the saved model config (``hyper_parameters["model"]``), which
+            rebuilds the model without its YAML (``omtseg eval-all``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an omtseg checkpoint, or no saved model config when one is needed.
+    """
+    checkpoint = read_checkpoint(path, header_only=True)
+    if need_model_config and "model" not in checkpoint.get("hyper_parameters", {}):
+        raise ValueError(
+            f"{path} holds no saved model config (hyper_parameters['model']); evaluate a checkpoint written "
+            "by `omtseg fit`, or run `omtseg test` with the model's config."
+        )
+
+
+def check_state_fits(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> None:
+    """Raise a clear error when a checkpoint's weights do not fit a model (another config or model).
+
+    Raises:
+        ValueError: keys missing or unknown, or weights of another shape (a few named).
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or wrong):
+        return
+    details = []
+    if missing:
+        details.append(f"{len(missing)} weights missing (e.g. {missing[:3]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unknown weights (e.g. {unexpected[:3]})")
+    if wrong:
+        k = wrong[0]
+        details.append(
+            f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)})"
+        )
+    raise ValueError(
+        "The checkpoint does not fit this model: " + "; ".join(details) + ". It was trained with another "
+        "model config; load it with its own config (omitting model options lets the checkpoint's apply)."
+    )
+
+
+# -------------------------------------------------------------------------------- the frozen BEiT-3 file
+
+
+def load_backbone_file(segmenter: OMTSeg, path: str | Path) -> dict[str, str]:
+    """Load an official BEiT-3 ``.pth`` into the segmenter's trunk; returns its ``{"path", "sha256"}``.
+
+    Raises:
+        FileNotFoundError: no such file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"BEiT-3 weights not found: {path}. Give the official .pth file (backbone_weights) "
+            "or null to start from random weights."
+        )
+    segmenter.load_backbone_weights(str(path))
+    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def restore_backbone(
+    segmenter: OMTSeg, source: Mapping[str, str], *, loaded: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Load the BEiT-3 file a checkpoint names into the segmenter's trunk, after checking its sha256.
+
+    Args:
+        segmenter: the model to load into.
+        source: the checkpoint's ``omtseg_backbone`` entry.
+        loaded: the file already loaded into ``segmenter`` (at construction), if any; when its sha256 is
+            the checkpoint's, nothing is read again.
+
+    Returns:
+        The source now loaded.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the file differs from the one the checkpoint was trained with.
+    """
+    if loaded is not None and loaded["sha256"] == source["sha256"]:
+        return dict(loaded)
+    path = Path(source["path"])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The checkpoint's frozen BEiT-3 weights come from {path}, which is missing. Restore it "
+            f"(sha256 {source['sha256']}) or set model.backbone_weights to a copy of it."
+        )
+    digest = file_sha256(path)
+    if digest != source["sha256"]:
+        raise ValueError(
+            f"{path} differs from the BEiT-3 file this checkpoint was trained with (sha256 {digest}, "
+            f"expected {source['sha256']}); use the original weights file."
+        )
+    segmenter.load_backbone_weights(str(path))
+    return {"path": str(path), "sha256": digest}
+
+
+def frozen_backbone_keys(segmenter: OMTSeg, prefix: str = SEGMENTER_PREFIX) -> set[str]:
+    """State-dict keys (under ``prefix``) of the trunk's frozen weights, which a backbone file restores."""
+    found = [name for name, m in segmenter.named_modules() if isinstance(m, BEiT3)]
+    if len(found) != 1:
+        raise ValueError(f"Expected exactly one BEiT3 inside the model, found {len(found)}: {found}.")
+    trunk = segmenter.get_submodule(found[0])
+    return {f"{prefix}{found[0]}.{n}" for n, p in trunk.named_parameters() if not p.requires_grad}
+
+
+# ------------------------------------------------------------------------------- segmenter checkpoints
+
+
+def add_segmenter_entries(
+    checkpoint: dict[str, Any],
+    segmenter: OMTSeg,
+    backbone_source: Mapping[str, str] | None,
+    prefix: str = SEGMENTER_PREFIX,
+) -> None:
+    """Complete a checkpoint being saved: format version, and the backbone file in place of its weights.
+
+    Args:
+        checkpoint: the Lightning checkpoint dict (``state_dict`` holds the segmenter under ``prefix``).
+        segmenter: the model saved.
+        backbone_source: the BEiT-3 file loaded into it, or None for a randomly initialised trunk.
+        prefix: the segmenter's key prefix in ``state_dict``.
+    """
+    checkpoint[FORMAT_KEY] = FORMAT_VERSION
+    if backbone_source is None:
+        return  # random-init backbone: its weights exist nowhere else, keep them
+    checkpoint[BACKBONE_KEY] = dict(backbone_source)
+    frozen = frozen_backbone_keys(segmenter, prefix)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+
+def complete_segmenter_state(
+    checkpoint: dict[str, Any],
+    segmenter: OMTSeg,
+    *,
+    loaded: Mapping[str, str] | None = None,
+    prefix: str = SEGMENTER_PREFIX,
+) -> dict[str, str] | None:
+    """Make a checkpoint being loaded whole again: restore its BEiT-3 file and put the frozen weights back.
+
+    After this, ``checkpoint["state_dict"]`` holds every weight of the segmenter under ``prefix``.
+
+    Args:
+        checkpoint: the checkpoint dict (changed in place).
+        segmenter: the model it is loaded into; its trunk receives the backbone file.
+        loaded: the backbone file already in ``segmenter`` (see :func:`restore_backbone`).
+        prefix: the segmenter's key prefix in ``state_dict``.
+
+    Returns:
+        The backbone source now loaded (``loaded`` when the checkpoint names none).
+
+    Raises:
+        ValueError: the checkpoint was not written by omtseg, or its backbone file differs.
+        FileNotFoundError: its backbone file is missing.
+    """
+    if FORMAT_KEY not in checkpoint:
+        raise ValueError(f"This checkpoint {_NOT_OMTSEG}")
+    source = checkpoint.get(BACKBONE_KEY)
+    if source is None:
+        return None if loaded is None else dict(loaded)
+    restored = restore_backbone(segmenter, source, loaded=loaded)
+    own = segmenter.state_dict()
+    state = checkpoint["state_dict"]
+    for key in frozen_backbone_keys(segmenter, prefix):
+        state.setdefault(key, own[key[len(prefix) :]])
+    return restored
+
+
+def load_segmenter(segmenter: OMTSeg, path: str | Path) -> None:
+    """Load an ``omtseg fit`` checkpoint's segmenter weights into ``segmenter`` (outside Lightning).
+
+    A checkpoint that stored its frozen BEiT-3 as a file reference gets the backbone from that file first,
+    checked by sha256 as when Lightning loads it.
+
+    Raises:
+        FileNotFoundError: the checkpoint (or the BEiT-3 file it refers to) is missing.
+        ValueError: not an omtseg checkpoint, a different BEiT-3 file, or weights that do not fit this
+            segmenter's configuration.
+    """
+    checkpoint = read_checkpoint(path)
+    complete_segmenter_state(checkpoint, segmenter)
+    n = len(SEGMENTER_PREFIX)
+    state = {k[n:]: v for k, v in checkpoint["state_dict"].items() if k.startswith(SEGMENTER_PREFIX)}
+    check_state_fits(state, segmenter.state_dict())
+    segmenter.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------- captioner checkpoints
+
+
+def save_captioner(captioner: SegmentCaptioner, config: dict[str, Any], path: str | Path) -> Path:
+    """Write a captioner checkpoint for :func:`load_captioner` (``omtseg predict --captioner_ckpt``).
+
+    Args:
+        captioner: the trained captioner.
+        config: the keyword arguments it was built with. ``language_model`` names the directory its
+            tokenizer and architecture are read from at load time (the weights are saved here); one inside
+            the checkpoint's folder is stored relative to it, so the folder can move as a whole.
+        path: the ``.ckpt`` file to write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lm = Path(config["language_model"]).resolve()
+    if lm.is_relative_to(path.parent.resolve()):
+        lm = lm.relative_to(path.parent.resolve())
+    config = {**config, "language_model": str(lm)}
+    state = captioner.state_dict()
+    torch.save({CAPTIONER_KEY: CAPTIONER_FORMAT, "config": config, "state_dict": state}, path)
+    return path
+
+
+def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
+    """Rebuild a captioner saved by :func:`save_captioner`, in eval mode.
+
+    Returns:
+        The captioner and the keyword arguments it was built with.
+
+    Raises:
+        FileNotFoundError: the checkpoint or the language model directory it names is missing.
+        ValueError: the file is not a captioner checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Captioner checkpoint not found: {path}; give a file written by save_captioner."
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or CAPTIONER_KEY not in checkpoint:
+        raise ValueError(
+            f"{path} is not a captioner checkpoint (no '{CAPTIONER_KEY}' entry); write one with "
+            "omtseg.checkpoint.save_captioner (the demo saves captioner.ckpt)."
+        )
+    config = checkpoint["config"]
+    # A relative language model directory lies next to the checkpoint (see save_captioner).
+    lm = Path(config["language_model"])
+    config = {**config, "language_model": str(lm if lm.is_absolute() else path.parent / lm)}
+    captioner = SegmentCaptioner(**config)
+    captioner.load_state_dict(checkpoint["state_dict"])
+    return captioner.eval(), config
