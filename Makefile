@@ -33,16 +33,16 @@ lint: $(STAMP) ## ruff + mypy
 	$(BIN)/mypy omtseg
 
 demo: $(STAMP) ## synthetic data -> train tiny model -> test -> predict -> pictures (outputs/demo)
-	$(BIN)/python -m omtseg.demo --config $(CONFIG) --out outputs/demo
+	$(BIN)/omtseg demo --config $(CONFIG) --out outputs/demo
 
 ablate: $(STAMP) ## full model and the three ablations, same budget and seed (outputs/ablate)
-	$(BIN)/python -m omtseg.ablate --config $(ABLATE_CONFIG) --out outputs/ablate
+	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate
 
 bench: $(STAMP) ## performance suite (outputs/bench)
 	$(BIN)/python -m benchmarks.run --out outputs/bench
 
 eval-all: $(STAMP) ## every zero-shot benchmark present under $$OMTSEG_DATASETS (CKPT=...)
-	$(BIN)/python -m omtseg.eval_all --ckpt $(CKPT) --out outputs/eval
+	$(BIN)/omtseg eval-all --ckpt $(CKPT) --out outputs/eval
 
 clean: ## remove outputs, caches and the virtualenv
 	rm -rf outputs lightning_logs .pytest_cache .ruff_cache .mypy_cache $(VENV)

@@ -1,4 +1,7 @@
-"""``omtseg fit|validate|test|predict``: the LightningCLI entry point.
+"""The ``omtseg`` command: LightningCLI's ``fit|validate|test|predict`` and the table of the other commands.
+
+``omtseg <name> ...`` for a name in :data:`COMMANDS` runs that module's ``main`` (``omtseg/commands/``),
+imported only then, so ``omtseg fit`` loads nothing of the zero-shot, prepare or demo code.
 
 Configs are YAML files split by concern (``configs/model``, ``configs/data``, ``configs/trainer``) that
 top-level recipes compose by relative path (``model: model/omtseg_tiny.yaml``). They are read in
@@ -7,56 +10,33 @@ so a model file may derive values from the trainer file of the same recipe.
 
 The prediction writer is always present (``--prediction_writer.output_dir``); it only acts in ``predict``.
 ``--vocabulary_file`` gives the classes to segment in ``predict`` as a text file (see
-:func:`read_vocabulary_file`); ``--data.predict_class_names`` gives them on the command line.
-``--captioner_ckpt`` (a captioner saved by :func:`omtseg.caption_module.save_captioner` for the same
+:func:`omtseg.data.vocabulary.read_class_list`); ``--data.predict_class_names`` gives them on the command
+line. ``--captioner_ckpt`` (a captioner saved by :func:`omtseg.checkpoint.save_captioner` for the same
 segmenter) adds a caption to every predicted segment, in ``panoptic.json`` and in the overlays.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from omtseg.callbacks import PanopticPredictionWriter
-from omtseg.eval_all import run_extra_command
-from omtseg.lit_module import OMTSegModule, check_checkpoint
+from omtseg.checkpoint import check_checkpoint
+from omtseg.data.vocabulary import read_class_list
+from omtseg.lit_module import OMTSegModule
 
-
-def read_vocabulary_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """Class names from a text file: one class per line, ``"tv, monitor"`` = one class with two names.
-
-    A line starting with ``stuff:`` names a stuff class (amorphous regions: sky, grass); other lines name
-    thing classes. Blank lines and lines starting with ``#`` are skipped.
-
-    Returns:
-        (thing names, stuff names), each entry a comma-separated synonym list.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file names no class.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Vocabulary file not found: {path}. Write one class name per line.")
-    things, stuff = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.lower().startswith("stuff:"):
-            stuff.append(line[len("stuff:") :].strip())
-        else:
-            things.append(line)
-    if not any(n.strip(" ,") for n in things + stuff):
-        raise ValueError(
-            f"Vocabulary file {path} names no class; write one class per line (\"tv, monitor\" for synonyms, "
-            "\"stuff: sky\" for stuff)."
-        )
-    return things, stuff
+COMMANDS: dict[str, str] = {
+    "demo": "omtseg.commands.demo",
+    "ablate": "omtseg.commands.ablate",
+    "eval-all": "omtseg.commands.eval_all",
+    "prepare": "omtseg.commands.prepare",
+}
+"""``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
 
 
 class OMTSegCLI(LightningCLI):
@@ -75,7 +55,7 @@ class OMTSegCLI(LightningCLI):
             "--captioner_ckpt",
             type=str | None,
             default=None,
-            help="Captioner checkpoint (omtseg.caption_module.save_captioner) for the segmenter of "
+            help="Captioner checkpoint (omtseg.checkpoint.save_captioner) for the segmenter of "
             "--ckpt_path: predict then captions every segment; sets prediction_writer.captioner_ckpt.",
         )
 
@@ -92,12 +72,12 @@ class OMTSegCLI(LightningCLI):
             if not Path(config.captioner_ckpt).is_file():
                 raise FileNotFoundError(
                     f"Captioner checkpoint not found: {config.captioner_ckpt}; give the captioner.ckpt that "
-                    "omtseg.demo (or omtseg.caption_module.save_captioner) wrote."
+                    "`omtseg demo` (or omtseg.checkpoint.save_captioner) wrote."
                 )
             config.prediction_writer.captioner_ckpt = config.captioner_ckpt
         if not config.get("vocabulary_file"):
             return
-        things, stuff = read_vocabulary_file(config.vocabulary_file)
+        things, stuff = read_class_list(config.vocabulary_file)
         data = config.data.init_args
         if "predict_class_names" not in data:
             raise ValueError(
@@ -130,14 +110,30 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> OMTSegCLI:
     )
 
 
-def main(args: ArgsType = None) -> None:
-    """Console-script entry point (``omtseg``).
+def run_command(argv: Sequence[str]) -> int | None:
+    """Run ``omtseg <command> ...`` when ``argv[0]`` names one of :data:`COMMANDS`; returns its exit status,
+    or None for every other command line (LightningCLI's ``fit``, ``test``, ``--help`` ...).
 
-    ``omtseg prepare`` and ``omtseg eval-all`` are plain argparse commands (see :mod:`omtseg.eval_all`);
-    everything else goes to LightningCLI.
+    A user's mistake (a missing file, a bad value) is one line on stderr and exit status 2; ``--debug``
+    shows the traceback instead.
     """
+    if not argv or argv[0] not in COMMANDS:
+        return None
+    name, rest = argv[0], [a for a in argv[1:] if a != "--debug"]
+    command = importlib.import_module(COMMANDS[name])
+    try:
+        return int(command.main(rest) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        if "--debug" in argv:
+            raise
+        print(f"omtseg {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def main(args: ArgsType = None) -> None:
+    """Console-script entry point (``omtseg``): a command of :data:`COMMANDS`, else LightningCLI."""
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and (code := run_extra_command(argv)) is not None:
+    if isinstance(argv, list) and (code := run_command(argv)) is not None:
         raise SystemExit(code)
     build_cli(args)
 

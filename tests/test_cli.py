@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from omtseg.caption_module import save_captioner
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.language_model import make_word_level_lm
+from omtseg.checkpoint import save_captioner
 from omtseg.cli import main as _main
-from omtseg.cli import read_vocabulary_file
-from omtseg.data.captions import synthetic_caption_words
+from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.synthetic import synthetic_vocabulary
-from omtseg.modeling.captioner import SegmentCaptioner, make_word_level_lm
+from omtseg.data.vocabulary import read_class_list
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -189,12 +190,12 @@ def test_predict_errors_are_clear(trained: tuple[Path, Path], tmp_path: Path) ->
                    "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test")))
 
 
-def test_read_vocabulary_file(tmp_path: Path) -> None:
+def test_read_class_list(tmp_path: Path) -> None:
     path = tmp_path / "v.txt"
     path.write_text("cat\n  dog, puppy \n# comment\n\nSTUFF: sky\n")
-    assert read_vocabulary_file(path) == (["cat", "dog, puppy"], ["sky"])
+    assert read_class_list(path) == (["cat", "dog, puppy"], ["sky"])
     with pytest.raises(FileNotFoundError, match="Vocabulary file not found"):
-        read_vocabulary_file(tmp_path / "nope.txt")
+        read_class_list(tmp_path / "nope.txt")
 
 
 def test_prepare_command_goes_through_the_console_entry(tmp_path: Path) -> None:

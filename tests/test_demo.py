@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from omtseg.ablate import results_table
-from omtseg.caption_module import load_captioner
+from omtseg.checkpoint import load_captioner
+from omtseg.commands.ablate import results_table
+from omtseg.commands.demo import coco_names, region_captions, train_captioner
+from omtseg.commands.runs import learning_curve
 from omtseg.data.synthetic import make_synthetic_panoptic
-from omtseg.demo import coco_names, learning_curve, region_captions, train_captioner
 from omtseg.modeling.segmenter import OMTSeg
 
 
@@ -54,7 +55,8 @@ def test_train_captioner_saves_a_loadable_captioner_and_scores_val(tmp_path: Pat
         pixel_decoder_feedforward=48,
     )
     ckpt = tmp_path / "seg.ckpt"
-    torch.save({"state_dict": {f"model.{k}": v for k, v in segmenter.state_dict().items()}}, ckpt)
+    state = {f"model.{k}": v for k, v in segmenter.state_dict().items()}
+    torch.save({"omtseg_format": 1, "state_dict": state}, ckpt)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -1,4 +1,4 @@
-"""Zero-shot evaluation end to end: `omtseg test` with configs/eval/*.yaml, and `omtseg.eval_all`."""
+"""Zero-shot evaluation end to end: `omtseg test` with configs/eval/*.yaml, and `omtseg eval-all`."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from omtseg.cli import build_cli
+from omtseg.checkpoint import check_checkpoint
+from omtseg.cli import build_cli, run_command
+from omtseg.commands.eval_all import main, plan, results_table
 from omtseg.data.synthetic_benchmark import write_synthetic_benchmark
-from omtseg.eval_all import check_checkpoint, main, plan, results_table, run_extra_command
 
 REPO = Path(__file__).resolve().parents[1]
 PQ_KEYS = {f"test/{m}{s}" for m in ("pq", "sq", "rq") for s in ("", "_th", "_st")}
@@ -124,26 +125,25 @@ def test_results_table_cells() -> None:
 
 
 def test_eval_all_errors(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--ckpt", str(checkpoint), "--root", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert exit_info.value.code == 2
+    out = str(tmp_path / "o")
+    assert run_command(["eval-all", "--ckpt", str(checkpoint), "--root", str(tmp_path), "--out", out]) == 2
     message = capsys.readouterr().err
     assert "No zero-shot benchmark is prepared" in message and "omtseg prepare pascal_voc_20" in message
-    with pytest.raises(SystemExit):
-        main(["--ckpt", str(tmp_path / "none.ckpt"), "--root", str(tmp_path)])
+    assert run_command(["eval-all", "--ckpt", str(tmp_path / "none.ckpt"), "--root", str(tmp_path)]) == 2
     assert "Checkpoint not found" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="Checkpoint not found"):  # --debug: the traceback instead
+        run_command(["eval-all", "--debug", "--ckpt", str(tmp_path / "none.ckpt"), "--root", str(tmp_path)])
     bare = tmp_path / "bare.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {}}, bare)
+    torch.save({"omtseg_format": 1, "state_dict": {}, "hyper_parameters": {}}, bare)
     with pytest.raises(ValueError, match="no saved model config"):
-        check_checkpoint(bare)
+        check_checkpoint(bare, need_model_config=True)
 
 
 def test_extra_commands_beside_lightning_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_extra_command([]) is None
-    assert run_extra_command(["test", "--config", "x.yaml"]) is None
+    assert run_command([]) is None
+    assert run_command(["test", "--config", "x.yaml"]) is None
     with pytest.raises(SystemExit) as exit_info:
-        run_extra_command(["prepare", "pascal_voc_20", "--src", str(tmp_path / "raw")])
+        run_command(["prepare", "pascal_voc_20", "--src", str(tmp_path / "raw")])
     assert exit_info.value.code == 2 and "omtseg prepare: error" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        run_extra_command(["eval-all", "--ckpt", str(tmp_path / "x.ckpt"), "--root", str(tmp_path)])
+    assert run_command(["eval-all", "--ckpt", str(tmp_path / "x.ckpt"), "--root", str(tmp_path)]) == 2
     assert "omtseg eval-all: error: Checkpoint not found" in capsys.readouterr().err

@@ -12,10 +12,11 @@ from lion_pytorch import Lion
 from omtseg.data.datamodule import PanopticDataModule, SyntheticData
 from omtseg.evaluation.export import export_panoptic_predictions
 from omtseg.evaluation.panoptic import pq_compute
-from omtseg.lit_module import OMTSegModule, remap_targets
+from omtseg.lit_module import OMTSegModule
 from omtseg.modeling.backbone.beit3 import beit3_tiny
 from omtseg.modeling.criterion import SetCriterion
 from omtseg.modeling.matcher import HungarianMatcher
+from omtseg.modeling.prompts import remap_targets
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.optim import param_groups
 from omtseg.types import Batch, ImageInfo, ImageResult, PanopticResult, PanopticSegment, Targets

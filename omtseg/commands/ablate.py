@@ -1,6 +1,6 @@
 """``make ablate``: the full model and the paper's three ablations, same recipe, budget and seed.
 
-    python -m omtseg.ablate --config configs/demo.yaml --out outputs/ablate
+    omtseg ablate --config configs/demo.yaml --out outputs/ablate
 
 Each variant is the recipe plus one overlay of ``configs/ablation/`` (none for the full model), trained
 with ``omtseg fit`` and tested on its best checkpoint. Writes ``results.md`` (the table, also printed) and
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from omtseg.demo import REPO, fit_and_test
+from omtseg.commands.runs import fit_and_test
 from omtseg.io import save_json
 
 VARIANTS: dict[str, str | None] = {
@@ -57,11 +57,12 @@ def run(config: Path, out: Path, ablation_dir: Path, extra: list[str]) -> dict[s
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml", help="recipe YAML")
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry (``omtseg ablate``); returns the exit status."""
+    parser = argparse.ArgumentParser(prog="omtseg ablate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="recipe YAML")
     parser.add_argument("--out", type=Path, default=Path("outputs/ablate"), help="output folder")
-    parser.add_argument("--ablation_dir", type=Path, default=REPO / "configs" / "ablation", help="overlays")
+    parser.add_argument("--ablation_dir", type=Path, default=Path("configs/ablation"), help="overlays")
     parser.add_argument("--seed", type=int, default=None, help="seed_everything for every variant")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1)")
     args = parser.parse_args(argv)
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "results.md").write_text(header + table + "\n")
     save_json(results, args.out / "results.json", indent=1)
     print(f"\n{table}\n\nWritten to {args.out / 'results.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

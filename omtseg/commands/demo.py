@@ -1,6 +1,6 @@
 """``make demo``: synthetic data -> train the tiny model -> test -> predict -> pictures, on CPU.
 
-    python -m omtseg.demo --config configs/demo.yaml --out outputs/demo
+    omtseg demo --config configs/demo.yaml --out outputs/demo
 
 Every stage goes through the same CLI a user runs (``omtseg fit|test|predict``). Outputs under ``--out``:
 ``metrics.json`` (test metrics, the val/pq learning curve, wall time), ``learning_curve.png``,
@@ -16,80 +16,39 @@ held-out synthetic images are predicted with ``--captioner_ckpt``, so their segm
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from omtseg.caption_module import SegmentCaptionModule, load_segmenter_checkpoint, save_captioner
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.language_model import make_word_level_lm
+from omtseg.checkpoint import load_segmenter, save_captioner
 from omtseg.cli import build_cli
-from omtseg.data.captions import PanopticRegionCaptions, collate_regions, synthetic_caption_words
+from omtseg.commands.runs import fit_and_test
+from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.coco_panoptic import CocoPanopticDataset
+from omtseg.data.regions import PanopticRegionCaptions, collate_regions
 from omtseg.data.transforms import EvalTransform
-from omtseg.data.vocabulary import load_vocabulary
+from omtseg.data.vocabulary import read_categories_json
 from omtseg.evaluation.caption import evaluate_captions
 from omtseg.io import save_image, save_json
-from omtseg.modeling.captioner import SegmentCaptioner, make_word_level_lm
+from omtseg.lit_captioner import CaptionerModule
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.visualize import line_plot
 
-REPO = Path(__file__).resolve().parents[1]
-COCO_SAMPLE = REPO / "tests" / "fixtures" / "coco_panoptic_sample"
-
-
-def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, float]]:
-    """The rows of a CSVLogger ``metrics.csv`` that hold ``key``: ``[{"epoch", "step", key}]``."""
-    with metrics_csv.open() as f:
-        return [
-            {"epoch": int(r["epoch"]), "step": int(r["step"]), key: float(r[key])}
-            for r in csv.DictReader(f)
-            if r.get(key)
-        ]
-
-
-def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
-    """Train with ``config_args`` (``--config`` files and overrides), then test the best checkpoint.
-
-    Returns:
-        ``{"best_checkpoint", "segmenter" (the trained OMTSeg), "data_root", "curve" (val/pq per validation),
-        "test" (test/* metrics), "fit_s", "test_s"}``.
-    """
-    start = time.perf_counter()
-    cli = build_cli(["fit", *config_args, "--trainer.default_root_dir", str(run_dir)])
-    fit_s = time.perf_counter() - start
-    # The checkpoint callback that monitors a metric (val/pq) holds the best model; the other one, "last".
-    monitored = [c for c in cli.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
-    best = monitored[0].best_model_path if monitored else ""
-    if not best:
-        raise RuntimeError(f"Training in {run_dir} saved no best checkpoint; configure a val split.")
-    (csv_logger,) = [lg for lg in cli.trainer.loggers if isinstance(lg, CSVLogger)]
-    curve = learning_curve(Path(csv_logger.log_dir) / "metrics.csv")
-    start = time.perf_counter()
-    tested = build_cli(
-        ["test", *config_args, "--ckpt_path", best, "--trainer.default_root_dir", str(run_dir / "test")]
-    )
-    test = {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
-    return {
-        "best_checkpoint": best,
-        "segmenter": cli.model.model,
-        "data_root": str(cli.datamodule.root),
-        "curve": curve,
-        "test": test,
-        "fit_s": fit_s,
-        "test_s": time.perf_counter() - start,
-    }
+COCO_SAMPLE = Path(str(resources.files("omtseg") / "assets" / "coco_sample"))
+"""The two COCO val2017 images (and the 133 COCO categories) shipped with the package (see its NOTICE.md)."""
 
 
 def region_captions(data_root: Path, split: str, image_size: int) -> PanopticRegionCaptions:
-    """The synthetic ``split`` as regions (:func:`~omtseg.data.captions.synthetic_region_captions`)."""
+    """The synthetic ``split`` as regions (:func:`~omtseg.data.caption_text.synthetic_region_captions`)."""
     base = CocoPanopticDataset(
         image_dir=data_root / "images" / split,
         panoptic_dir=data_root / "panoptic" / split,
@@ -144,8 +103,8 @@ def train_captioner(
         freeze_language_model=False,
     )
     L.seed_everything(0, verbose=False)
-    load_segmenter_checkpoint(segmenter, segmenter_ckpt)
-    module = SegmentCaptionModule(
+    load_segmenter(segmenter, segmenter_ckpt)
+    module = CaptionerModule(
         segmenter=segmenter,
         captioner=SegmentCaptioner(**config),
         class_names=list(train.vocabulary.names),
@@ -184,7 +143,7 @@ def train_captioner(
 
 def coco_names() -> tuple[list[str], list[str]]:
     """The 133 COCO panoptic classes as (thing, stuff) entries with their synonyms (``"tv, monitor"``)."""
-    vocabulary = load_vocabulary(COCO_SAMPLE / "panoptic_coco_categories.json")
+    vocabulary = read_categories_json(COCO_SAMPLE / "panoptic_coco_categories.json")
     entries = [", ".join(s) for s in vocabulary.synonyms]
     things = [e for e, t in zip(entries, vocabulary.is_thing, strict=True) if t]
     stuff = [e for e, t in zip(entries, vocabulary.is_thing, strict=True) if not t]
@@ -248,9 +207,10 @@ def run(config: Path, out: Path) -> dict[str, Any]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml", help="recipe YAML")
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry (``omtseg demo``); returns the exit status."""
+    parser = argparse.ArgumentParser(prog="omtseg demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="recipe YAML")
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (tiny models: 1)")
     args = parser.parse_args(argv)
@@ -272,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         f"                  {metrics['overlays'][1]}",
         file=sys.stdout,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

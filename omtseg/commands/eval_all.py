@@ -1,6 +1,6 @@
 """Evaluate a checkpoint zero-shot on every benchmark present and write the paper's results table.
 
-    python -m omtseg.eval_all --ckpt CKPT --out outputs/eval [--root ROOT]     (make eval-all CKPT=...)
+    omtseg eval-all --ckpt CKPT --out outputs/eval [--root ROOT]     (make eval-all CKPT=...)
 
 Columns are the paper's: mIoU on ADE20K-847, Pascal Context-459, ADE20K-150, Pascal Context-59 and Pascal
 VOC-20, then PQ and AP on ADE20K-150 panoptic. ADE20K-150 runs once: its panoptic layout gives PQ, AP and
@@ -12,9 +12,6 @@ Every run loads the checkpoint with its saved model config and the metrics its b
 (``eval_tasks``), and evaluates through ``Trainer.test`` with :class:`ZeroShotDataModule`: the same path
 as ``omtseg test --config configs/eval/<benchmark>.yaml``. Outputs: ``results.md`` (the table),
 ``results.json`` (every logged metric, images, seconds, skip reasons) and Lightning CSV logs.
-
-Also home of :func:`run_extra_command`, which ``omtseg.cli.main`` calls to serve ``omtseg prepare`` and
-``omtseg eval-all`` beside LightningCLI's subcommands.
 """
 
 from __future__ import annotations
@@ -28,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from omtseg.checkpoint import check_checkpoint
 from omtseg.data.benchmark_vocab import BENCHMARKS, DATASETS_ENV, datasets_root
-from omtseg.data.prepare import main as prepare_main
 from omtseg.data.zeroshot_datamodule import ZeroShotDataModule, benchmark_missing, benchmark_tasks
 from omtseg.io import save_json
 from omtseg.lit_module import OMTSegModule
@@ -86,24 +82,6 @@ def plan(root: str | Path | None = None, split: str = "val") -> list[Planned]:
             notes.append(f"{BENCHMARKS[name].title}: {reason}")
         planned.append(Planned(group=group, benchmark=chosen, notes=notes))
     return planned
-
-
-def check_checkpoint(ckpt: str | Path) -> None:
-    """Fail early unless ``ckpt`` is a checkpoint that holds its model config, as ``omtseg fit`` writes.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: no ``hyper_parameters["model"]`` (a module built in Python keeps no config to rebuild).
-    """
-    path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}. Give a .ckpt written by `omtseg fit`.")
-    saved = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
-    if "model" not in saved:
-        raise ValueError(
-            f"{path} holds no saved model config (hyper_parameters['model']); evaluate a checkpoint written "
-            "by `omtseg fit`, or run `omtseg test` with the model's config."
-        )
 
 
 def evaluate(
@@ -192,11 +170,11 @@ def run(
 
     Raises:
         FileNotFoundError: no benchmark at all is present (nothing to evaluate), or no checkpoint.
-        ValueError: the checkpoint holds no model config (see :func:`check_checkpoint`).
+        ValueError: the checkpoint holds no model config (see :func:`omtseg.checkpoint.check_checkpoint`).
     """
     out = Path(out)
     ckpt = Path(ckpt)
-    check_checkpoint(ckpt)
+    check_checkpoint(ckpt, need_model_config=True)
     planned = plan(root, split=evaluate_kw.get("split", "val"))
     if all(p.benchmark is None for p in planned):
         raise FileNotFoundError(
@@ -223,7 +201,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry (``python -m omtseg.eval_all``, ``omtseg eval-all``)."""
+    """Command-line entry (``omtseg eval-all``); returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="omtseg eval-all",
         description="Zero-shot evaluation of a checkpoint on every prepared benchmark (A-847, PC-459, A-150, "
@@ -238,35 +216,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator (auto, cpu, gpu)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    try:
-        results = run(
-            args.ckpt,
-            args.out,
-            root=args.root,
-            eval_size=args.eval_size,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            accelerator=args.accelerator,
-            progress=not args.quiet,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        # Missing checkpoints or datasets are the user's to fix: the message says how.
-        parser.exit(2, f"omtseg eval-all: error: {e}\n")
+    # Missing checkpoints or datasets raise errors that say how to fix them; `omtseg` prints them in one line.
+    results = run(
+        args.ckpt,
+        args.out,
+        root=args.root,
+        eval_size=args.eval_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        accelerator=args.accelerator,
+        progress=not args.quiet,
+    )
     print(results["table"], end="")
     print(f"Written {Path(args.out) / 'results.md'} and {Path(args.out) / 'results.json'}.")
     return 0
-
-
-EXTRA_COMMANDS = {"prepare": prepare_main, "eval-all": main}
-"""``omtseg`` subcommands served outside LightningCLI: name -> ``main(argv) -> exit code``."""
-
-
-def run_extra_command(argv: Sequence[str]) -> int | None:
-    """Run ``omtseg prepare ...`` or ``omtseg eval-all ...`` when ``argv[0]`` names one; returns its exit
-    code, or None for every other command line (LightningCLI's ``fit``, ``test``, ``--help`` ...)."""
-    if not argv or argv[0] not in EXTRA_COMMANDS:
-        return None
-    return EXTRA_COMMANDS[argv[0]](list(argv[1:]))
 
 
 if __name__ == "__main__":

@@ -28,14 +28,15 @@ a fixed text position.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, WLS_ID, Beit3Tokenizer
-from omtseg.types import Vocabulary
+from omtseg.types import Targets, Vocabulary
 
 MAX_TEXT_TOKENS = 1022
 """BEiT-3's text position table has 1024 rows, the first two reserved by the fairseq offset."""
@@ -202,3 +203,70 @@ def sample_vocabulary(
     index_map = torch.full((k,), -1, dtype=torch.long)
     index_map[kept] = torch.arange(len(kept))
     return vocabulary.subset(kept.tolist()), index_map
+
+
+def remap_targets(targets: Sequence[Targets], index_map: Tensor) -> list[Targets]:
+    """Targets with labels re-indexed into a sampled vocabulary (see :func:`sample_vocabulary`).
+
+    Args:
+        targets: per image, labels indexing the dataset vocabulary.
+        index_map: (K,) long, new index of each old class, -1 for classes left out.
+
+    Returns:
+        The same targets, ``labels``/``crowd_labels`` indexing the sampled vocabulary. Crowd segments of
+        classes left out become ``void`` (still ignored, but no longer needing a class).
+
+    Raises:
+        ValueError: a non-crowd segment's class was left out (every present class must be sampled).
+    """
+    out = []
+    index_map = index_map.cpu()
+    for t in targets:
+        labels = index_map[t.labels.cpu()]
+        if (labels < 0).any():
+            raise ValueError("A target class is missing from the sampled vocabulary; keep every present one.")
+        crowd = index_map[t.crowd_labels.cpu()]
+        keep = crowd >= 0
+        out.append(
+            replace(
+                t,
+                labels=labels.to(t.labels.device),
+                crowd_labels=crowd[keep].to(t.crowd_labels.device),
+                crowd_masks=t.crowd_masks[keep.to(t.crowd_masks.device)],
+                void=t.void | t.crowd_masks[~keep.to(t.crowd_masks.device)].any(0),
+            )
+        )
+    return out
+
+
+def prompt_vocabulary(
+    vocabulary: Vocabulary,
+    targets: Sequence[Targets],
+    *,
+    num_classes: int | None,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[Vocabulary, list[Targets]]:
+    """The vocabulary a training batch is prompted with, and its targets re-indexed into it.
+
+    Args:
+        vocabulary: the dataset's K classes.
+        targets: the batch's targets, labels indexing ``vocabulary``.
+        num_classes: classes to prompt with (every present one plus random negatives); None prompts with
+            all K.
+        shuffle: shuffle the class order, so no class owns a text position and the model must read the
+            names. False keeps the dataset order (randomly initialised trunks, where the position of the
+            entry is what identifies the class).
+        generator: random source (as :func:`sample_vocabulary`).
+
+    Returns:
+        The prompted vocabulary and the remapped targets (see :func:`remap_targets`).
+    """
+    present = {int(c) for t in targets for c in t.labels.tolist()}
+    sampled, index_map = sample_vocabulary(vocabulary, present, num_classes, generator)
+    if not shuffle:
+        kept = (index_map >= 0).nonzero()[:, 0]  # the sampled classes, in dataset order
+        sampled = vocabulary.subset(kept.tolist())
+        index_map = torch.full_like(index_map, -1)
+        index_map[kept] = torch.arange(len(kept))
+    return sampled, remap_targets(targets, index_map)

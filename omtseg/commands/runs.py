@@ -1,0 +1,62 @@
+"""Training runs shared by ``omtseg demo`` and ``omtseg ablate``: fit, then test the best checkpoint.
+
+Both go through the same CLI a user runs (``omtseg fit|test``), so a demo or an ablation measures exactly
+what a user's run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from omtseg.cli import build_cli
+
+
+def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, float]]:
+    """The rows of a CSVLogger ``metrics.csv`` that hold ``key``: ``[{"epoch", "step", key}]``."""
+    with metrics_csv.open() as f:
+        return [
+            {"epoch": int(r["epoch"]), "step": int(r["step"]), key: float(r[key])}
+            for r in csv.DictReader(f)
+            if r.get(key)
+        ]
+
+
+def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
+    """Train with ``config_args`` (``--config`` files and overrides), then test the best checkpoint.
+
+    Returns:
+        ``{"best_checkpoint", "segmenter" (the trained OMTSeg), "data_root", "curve" (val/pq per validation),
+        "test" (test/* metrics), "fit_s", "test_s"}``.
+    """
+    start = time.perf_counter()
+    cli = build_cli(["fit", *config_args, "--trainer.default_root_dir", str(run_dir)])
+    fit_s = time.perf_counter() - start
+    # The checkpoint callback that monitors a metric (val/pq) holds the best model; the other one, "last".
+    monitored = [c for c in cli.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    best = monitored[0].best_model_path if monitored else ""
+    if not best:
+        raise RuntimeError(f"Training in {run_dir} saved no best checkpoint; configure a val split.")
+    (csv_logger,) = [lg for lg in cli.trainer.loggers if isinstance(lg, CSVLogger)]
+    curve = learning_curve(Path(csv_logger.log_dir) / "metrics.csv")
+    start = time.perf_counter()
+    tested = build_cli(
+        ["test", *config_args, "--ckpt_path", best, "--trainer.default_root_dir", str(run_dir / "test")]
+    )
+    test = {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
+    return {
+        "best_checkpoint": best,
+        "segmenter": cli.model.model,
+        "data_root": str(cli.datamodule.root),
+        "curve": curve,
+        "test": test,
+        "fit_s": fit_s,
+        "test_s": time.perf_counter() - start,
+    }
+
+
