@@ -23,9 +23,18 @@ from torch import Tensor, nn
 
 from .backbone.beit3 import BEiT3
 from .backbone.multiway import drop_path
-from .beit3_features import STRIDES, FrozenBEiT3Features, Norm, norm_2d
+from .frozen_trunk import (
+    STRIDES,
+    Norm,
+    freeze,
+    norm_2d,
+    output_channels,
+    pyramid_shapes,
+    text_states,
+    trunk_input,
+)
 from .ops.ms_deform_attn import MSDeformAttn, level_offsets, pixel_centers
-from .shapes import BackboneOutput
+from .shapes import BackboneOutput, ShapeSpec
 
 
 def even_groups(depth: int, num_groups: int = 4) -> list[tuple[int, int]]:
@@ -160,11 +169,11 @@ class Extractor(nn.Module):
         return c + drop_path(self.ffn(self.ffn_norm(c), c_shapes), self.drop_path, self.training)
 
 
-class VisualAdapter(FrozenBEiT3Features):
+class VisualAdapter(nn.Module):
     """Frozen BEiT-3 + ViT-Adapter interactions -> pyramid ``f1..f4`` and image-aware text states.
 
     Args:
-        backbone: the BEiT-3 encoder; frozen here (see :class:`FrozenBEiT3Features`).
+        backbone: the BEiT-3 encoder; frozen here (see :func:`~omtseg.modeling.frozen_trunk.freeze`).
         interaction_groups: (first, last) block index of each interaction stage, contiguous and covering
             every block; None splits the blocks into 4 equal groups (BEiT-3 large: (0, 5), (6, 11),
             (12, 17), (18, 23)).
@@ -204,12 +213,11 @@ class VisualAdapter(FrozenBEiT3Features):
         cross_modal: bool = True,
         freeze_position_embeddings: bool = False,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            cross_modal=cross_modal,
-            freeze_position_embeddings=freeze_position_embeddings,
-            out_channels=out_channels,
-        )
+        super().__init__()
+        self.out_channels = output_channels(backbone, out_channels)
+        freeze(backbone, freeze_position_embeddings=freeze_position_embeddings)
+        self.backbone = backbone
+        self.cross_modal = cross_modal
         depth, dim = len(backbone.blocks), backbone.embed_dim
         groups = (
             even_groups(depth)
@@ -271,6 +279,16 @@ class VisualAdapter(FrozenBEiT3Features):
             init_adapter_weights(self.out_proj)
         nn.init.normal_(self.level_embed)
 
+    def train(self, mode: bool = True) -> VisualAdapter:
+        """Set the wrapper's mode; the frozen trunk always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def output_shapes(self) -> dict[str, ShapeSpec]:
+        """Channels and stride of ``f1..f4``."""
+        return pyramid_shapes(self.out_channels)
+
     def forward(
         self,
         images: Tensor,
@@ -290,7 +308,12 @@ class VisualAdapter(FrozenBEiT3Features):
             features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.
         """
         b, _, h, w = images.shape
-        x, vision_len, padding_mask = self._embed(images, text_embeds, text_positions, text_padding_mask)
+        text_input = dict(
+            text_embeds=text_embeds, text_positions=text_positions, text_padding_mask=text_padding_mask
+        )
+        x, vision_len, padding_mask = trunk_input(
+            self.backbone, images, cross_modal=self.cross_modal, **text_input
+        )
         c_maps = self.spm(images)  # strides 4, 8, 16, 32
         c_shapes = [tuple(m.shape[-2:]) for m in c_maps[1:]]
         tokens = [m.flatten(2).transpose(1, 2) + e for m, e in zip(c_maps[1:], self.level_embed, strict=True)]
@@ -327,5 +350,5 @@ class VisualAdapter(FrozenBEiT3Features):
         levels = [norm(f) for norm, f in zip(self.norms, levels, strict=True)]
         if self.out_proj is not None:
             levels = [proj(f) for proj, f in zip(self.out_proj, levels, strict=True)]
-        text = self._text_output(x, vision_len, b, text_embeds, text_positions, text_padding_mask)
+        text = text_states(self.backbone, x, vision_len, cross_modal=self.cross_modal, **text_input)
         return BackboneOutput(features=dict(zip(STRIDES, levels, strict=True)), text=text)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from omtseg.modeling.adapter import VisualAdapter
 from omtseg.modeling.backbone.beit3 import BEiT3, beit3_base, beit3_large, beit3_tiny, load_beit3_checkpoint
-from omtseg.modeling.beit3_features import SIZE_DIVISOR
+from omtseg.modeling.frozen_trunk import SIZE_DIVISOR, encode_text
 from omtseg.modeling.pixel_decoder import MSDeformPixelDecoder
 from omtseg.modeling.postprocess import TASKS, image_result
 from omtseg.modeling.prompts import PromptChunk, PromptEncoder
@@ -298,7 +298,7 @@ class OMTSeg(nn.Module):
         if cached is not None and not self.training and not torch.is_grad_enabled():
             return cached
         wls = [
-            self.adapter.encode_text(self._text_embeds(c), c.text_positions)[:, c.wls_index] for c in chunks
+            encode_text(self.backbone, self._text_embeds(c), c.text_positions)[:, c.wls_index] for c in chunks
         ]
         text = torch.cat(wls, dim=1)  # (1, P, D)
         if not self.training and not torch.is_grad_enabled():

@@ -13,15 +13,24 @@ from torch import Tensor, nn
 
 from .adapter import init_adapter_weights
 from .backbone.beit3 import BEiT3
-from .beit3_features import STRIDES, FrozenBEiT3Features, Norm, norm_2d
-from .shapes import BackboneOutput
+from .frozen_trunk import (
+    STRIDES,
+    Norm,
+    freeze,
+    norm_2d,
+    output_channels,
+    pyramid_shapes,
+    text_states,
+    trunk_input,
+)
+from .shapes import BackboneOutput, ShapeSpec
 
 
-class SimplePyramid(FrozenBEiT3Features):
+class SimplePyramid(nn.Module):
     """Frozen BEiT-3 + deconv/pool pyramid -> ``f1..f4``, with the same outputs as the visual adapter.
 
     Args:
-        backbone: the BEiT-3 encoder; frozen here (see :class:`FrozenBEiT3Features`).
+        backbone: the BEiT-3 encoder; frozen here (see :func:`~omtseg.modeling.frozen_trunk.freeze`).
         norm: norm after the convs: "group" or "batch".
         out_channels: C of the outputs; None keeps the BEiT-3 width D.
         cross_modal: text and patches share the blocks (True) or text is encoded alone (False).
@@ -37,12 +46,11 @@ class SimplePyramid(FrozenBEiT3Features):
         cross_modal: bool = True,
         freeze_position_embeddings: bool = False,
     ) -> None:
-        super().__init__(
-            backbone=backbone,
-            cross_modal=cross_modal,
-            freeze_position_embeddings=freeze_position_embeddings,
-            out_channels=out_channels,
-        )
+        super().__init__()
+        self.out_channels = output_channels(backbone, out_channels)
+        freeze(backbone, freeze_position_embeddings=freeze_position_embeddings)
+        self.backbone = backbone
+        self.cross_modal = cross_modal
         d, c = backbone.embed_dim, self.out_channels
         half, quarter = max(1, d // 2), max(1, d // 4)
         # Widths shrink as resolution grows (ViTDet): the stride-4 map is the costly one.
@@ -72,6 +80,16 @@ class SimplePyramid(FrozenBEiT3Features):
         init_adapter_weights(self.resample)
         init_adapter_weights(self.project)
 
+    def train(self, mode: bool = True) -> SimplePyramid:
+        """Set the wrapper's mode; the frozen trunk always stays in eval mode."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def output_shapes(self) -> dict[str, ShapeSpec]:
+        """Channels and stride of ``f1..f4``."""
+        return pyramid_shapes(self.out_channels)
+
     def forward(
         self,
         images: Tensor,
@@ -90,12 +108,17 @@ class SimplePyramid(FrozenBEiT3Features):
         Returns:
             features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.
         """
-        b, _, h, w = images.shape
-        x, vision_len, padding_mask = self._embed(images, text_embeds, text_positions, text_padding_mask)
+        _, _, h, w = images.shape
+        text_input = dict(
+            text_embeds=text_embeds, text_positions=text_positions, text_padding_mask=text_padding_mask
+        )
+        x, vision_len, padding_mask = trunk_input(
+            self.backbone, images, cross_modal=self.cross_modal, **text_input
+        )
         for block in self.backbone.blocks:
             x = block(x, vision_len=vision_len, padding_mask=padding_mask)
         patches = self.backbone.final_norm.A(x[:, 1:vision_len])  # (B, Np, D), the vision expert's norm
         grid = patches.transpose(1, 2).unflatten(2, (h // 16, w // 16))  # (B, D, H/16, W/16)
         levels = [proj(resample(grid)) for resample, proj in zip(self.resample, self.project, strict=True)]
-        text = self._text_output(x, vision_len, b, text_embeds, text_positions, text_padding_mask)
+        text = text_states(self.backbone, x, vision_len, cross_modal=self.cross_modal, **text_input)
         return BackboneOutput(features=dict(zip(STRIDES, levels, strict=True)), text=text)
