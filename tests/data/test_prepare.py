@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from omtseg.data.prepare import ade20k_847, main, prepare
-from omtseg.data.prepare.ade20k_150 import panoptic_from_annotations
+from omtseg.data.prepare.ade20k_150 import panoptic_from_annotations, prepare_ade20k_150
 from omtseg.data.prepare.resize import resize_linear
 from omtseg.data.zeroshot import ADE20KPanopticDataset, read_label_map, zero_shot_dataset
 from omtseg.evaluation.panoptic import pq_compute
@@ -77,7 +77,10 @@ def test_prepare_ade20k_150_end_to_end(tmp_path: Path) -> None:
     segments = pan["annotations"][0]["segments_info"]
     assert [s["category_id"] for s in segments] == [0, 2, 7, 7, 12]
     ids = read_panoptic_png(base / "ade20k_panoptic_val/ADE_val_00000001.png")
-    for s in segments:  # areas and boxes are measured on the final id map
+    # As the reference measures them: the wall on the semantic map, before the person is pasted over it.
+    assert [s["area"] for s in segments] == [17 * 8, 4 * 18, 30, 30, 6]
+    assert segments[0]["bbox"] == [0, 0, 8, 17] and int((ids == segments[0]["id"]).sum()) == 17 * 8 - 6
+    for s in segments[1:]:
         mask = ids == s["id"]
         assert s["area"] == int(mask.sum())
         rows, cols = np.nonzero(mask)
@@ -101,10 +104,12 @@ def test_prepare_ade20k_150_end_to_end(tmp_path: Path) -> None:
     assert np.array_equal(coco.annToMask(anns[0]).astype(bool), expected)
     assert len({a["id"] for a in coco.dataset["annotations"]}) == 6
 
-    # The panoptic ground truth is valid COCO panoptic (category id 0 included): against itself PQ is 1.
+    # The panoptic ground truth is valid COCO panoptic (category id 0 included): scored against itself, only
+    # the wall's JSON area (before the person) differs from its pixels: IoU 130 / 136, still a match.
     gt_json = base / "ade20k_panoptic_val.json"
     result = pq_compute(gt_json, gt_json, workers=1)
-    assert result["All"]["pq"] == 1.0 and result["All"]["n"] == 4 and result["Things"]["n"] == 2
+    assert result["All"]["n"] == 4 and result["Things"]["n"] == 2 and result["All"]["rq"] == 1.0
+    assert result["per_class"][0]["pq"] == pytest.approx(130 / 136)
 
 
 def test_prepare_ade20k_150_resumes_and_works_in_place(tmp_path: Path) -> None:
@@ -128,6 +133,53 @@ def test_prepare_ade20k_150_errors(tmp_path: Path) -> None:
     (raw / "annotations_instance").rmdir()
     with pytest.raises(FileNotFoundError, match="annotations_instance"):
         prepare("ade20k_150", tmp_path / "raw", tmp_path / "data", show_progress=False)
+
+
+def _fake_ade150_covered(src: Path) -> None:
+    """One 10x10 validation image: a person covers the whole sky and 30 of the wall's 50 pixels."""
+    raw = src / "ADEChallengeData2016"
+    stem = "ADE_val_00000001"
+    _jpg(raw / "images/validation" / f"{stem}.jpg", 10, 10)
+    sem = np.zeros((10, 10), dtype=np.uint8)
+    sem[:, :5] = 1  # wall (label 0), 50 px
+    sem[:4, 5:] = 3  # sky (label 2), 20 px
+    sem[4:, 5:] = 4  # floor (label 3), 30 px
+    inst = np.zeros((10, 10, 3), dtype=np.uint8)
+    inst[:4, 5:] = (4, 1, 0)  # person (label 12) 1 exactly over the sky
+    inst[:6, :5] = (4, 2, 0)  # person 2 over the top 30 wall pixels
+    _png(raw / "annotations/validation" / f"{stem}.png", sem)
+    _png(raw / "annotations_instance/validation" / f"{stem}.png", inst)
+
+
+def test_ade20k_150_panoptic_json_is_the_reference_and_cleaned_is_an_option(tmp_path: Path) -> None:
+    # prepare_ade20k_pan_seg.py measures a stuff segment before instances are pasted over it and lists it
+    # even when instances cover it completely; panopticapi reads ground-truth areas from that JSON.
+    _fake_ade150_covered(tmp_path / "raw")
+    prepare("ade20k_150", tmp_path / "raw", tmp_path / "ref", splits=["val"], show_progress=False)
+    ref_json = tmp_path / "ref/ADEChallengeData2016/ade20k_panoptic_val.json"
+    clean_json = tmp_path / "clean/ADEChallengeData2016/ade20k_panoptic_val.json"
+    ref = load_json(ref_json)["annotations"][0]["segments_info"]
+    assert [(s["category_id"], s["area"]) for s in ref] == [(0, 50), (2, 20), (3, 30), (12, 20), (12, 30)]
+    assert ref[1]["bbox"] == [5, 0, 5, 4]  # the covered sky keeps its box
+    ids = read_panoptic_png(tmp_path / "ref/ADEChallengeData2016/ade20k_panoptic_val/ADE_val_00000001.png")
+    assert not (ids == ref[1]["id"]).any() and int((ids == ref[0]["id"]).sum()) == 20
+    prepare_ade20k_150(
+        tmp_path / "raw", tmp_path / "clean", splits=("val",), show_progress=False, cleaned_panoptic=True
+    )
+    clean = load_json(clean_json)["annotations"][0]["segments_info"]
+    assert [(s["category_id"], s["area"]) for s in clean] == [(0, 20), (3, 30), (12, 20), (12, 30)]
+    assert clean[0]["bbox"] == [0, 6, 5, 4]
+    same_png = tmp_path / "clean/ADEChallengeData2016/ade20k_panoptic_val/ADE_val_00000001.png"
+    assert np.array_equal(read_panoptic_png(same_png), ids)
+
+    # The PQ difference, for a prediction equal to the visible map (the cleaned files) with panopticapi's
+    # rules: against the reference JSON the wall's IoU is 20 / 50 (a false negative and a false positive)
+    # and the covered sky is a false negative, so PQ = (wall 0 + sky 0 + floor 1 + person 1) / 4.
+    on_reference = pq_compute(ref_json, clean_json, pred_folder=same_png.parent, workers=1)
+    on_cleaned = pq_compute(clean_json, clean_json, workers=1)
+    assert on_cleaned["All"]["pq"] == 1.0 and on_cleaned["All"]["n"] == 3
+    assert on_reference["All"]["pq"] == pytest.approx(0.5) and on_reference["All"]["n"] == 4
+    assert on_reference["Stuff"]["pq"] == pytest.approx(1 / 3) and on_reference["Things"]["pq"] == 1.0
 
 
 def test_panoptic_from_annotations_rejects_mixed_instance() -> None:

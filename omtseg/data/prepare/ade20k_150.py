@@ -15,8 +15,13 @@ Outputs (``dst/ADEChallengeData2016/``), as Mask2Former's ``prepare_ade20k_{sem,
   0..149): one segment per stuff class from the semantic map, one per instance on top of it;
 - ``ade20k_instance_{train,val}.json`` (COCO instances, RLE masks, the 100 thing classes).
 
-Segment ids are numbered 1, 2, ... per image; areas and boxes are measured on the final id map, and a stuff
-segment that instances cover completely is dropped (so the JSON lists exactly the ids in the PNG).
+Segment ids are numbered 1, 2, ... per image (the reference draws random colours; ids do not change PQ). By
+default the panoptic JSON is the reference ``prepare_ade20k_pan_seg.py``'s: a stuff segment's area and box are
+measured on the semantic map before instances are pasted over it, and a stuff segment that instances cover
+completely stays listed (with no pixel in the PNG). panopticapi takes ground-truth areas from the JSON and
+counts such a segment as a false negative, so published ADE20K-150 PQ was measured on exactly these files.
+``cleaned=True`` writes the variant measured on the final id map instead (the JSON lists exactly the ids in
+the PNG, with their visible areas); tests/data/test_prepare.py measures the PQ it changes.
 """
 
 from __future__ import annotations
@@ -55,10 +60,35 @@ def _bbox(mask: np.ndarray) -> list[int]:
     return [x, y, int(cols.max()) - x + 1, int(rows.max()) - y + 1]
 
 
+def _segment(segment_id: int, label: int, mask: np.ndarray) -> dict[str, Any]:
+    return {
+        "id": segment_id,
+        "category_id": label,
+        "area": int(mask.sum()),
+        "bbox": _bbox(mask),
+        "iscrowd": 0,
+    }
+
+
 def panoptic_from_annotations(
-    semantic: np.ndarray, instance: np.ndarray, is_thing: tuple[bool, ...], instance_labels: dict[int, int]
+    semantic: np.ndarray,
+    instance: np.ndarray,
+    is_thing: tuple[bool, ...],
+    instance_labels: dict[int, int],
+    *,
+    cleaned: bool = False,
 ) -> tuple[np.ndarray, list[dict[str, Any]], list[tuple[int, np.ndarray]]]:
     """Combine a semantic map (labels, 255 ignore) and an instance PNG (H, W, 3) into a panoptic id map.
+
+    One segment per stuff class of the semantic map, then one per instance, pasted over the stuff.
+
+    Args:
+        semantic: (H, W) labels 0..149, 255 = ignore.
+        instance: (H, W, 3) instance PNG (R = instance class 1..100, G = instance number, 0 = none).
+        is_thing: 150 flags.
+        instance_labels: instance class -> label.
+        cleaned: measure areas and boxes on the final id map and drop segments left without pixels,
+            instead of the reference's areas (stuff measured before the paste, every segment listed).
 
     Returns:
         The (H, W) int64 id map (0 = void), its COCO ``segments_info`` and the instances as (label, mask).
@@ -68,10 +98,13 @@ def panoptic_from_annotations(
     """
     ids = np.zeros(semantic.shape, dtype=np.int64)
     labels: list[int] = []
+    segments = []
     for label in np.unique(semantic).tolist():
         if label != 255 and not is_thing[label]:
-            ids[semantic == label] = len(labels) + 1
+            mask = semantic == label
+            ids[mask] = len(labels) + 1
             labels.append(label)
+            segments.append(_segment(len(labels), label, mask))
     instances = []
     for number in np.unique(instance[..., 1]).tolist():
         if number == 0:
@@ -86,15 +119,11 @@ def panoptic_from_annotations(
         label = instance_labels[classes[0]]
         ids[mask] = len(labels) + 1  # instances are pasted over stuff, as the reference script does
         labels.append(label)
+        segments.append(_segment(len(labels), label, mask))
         instances.append((label, mask))
-    segments = []
-    for segment_id, label in enumerate(labels, start=1):
-        mask = ids == segment_id
-        area = int(mask.sum())
-        if area:
-            segments.append(
-                {"id": segment_id, "category_id": label, "area": area, "bbox": _bbox(mask), "iscrowd": 0}
-            )
+    if cleaned:
+        present = [s for s in segments if (ids == s["id"]).any()]
+        segments = [_segment(s["id"], s["category_id"], ids == s["id"]) for s in present]
     return ids, segments, instances
 
 
@@ -119,11 +148,13 @@ def prepare_ade20k_150(
     splits: tuple[str, ...] = ("train", "val"),
     overwrite: bool = False,
     show_progress: bool = True,
+    cleaned_panoptic: bool = False,
 ) -> PrepareStats:
     """Build the ADE20K-150 semantic, panoptic and instance layouts under ``dst/ADEChallengeData2016``.
 
     Images are copied unless ``src`` and ``dst`` hold the same ADEChallengeData2016 folder (preparing in
     place). Existing outputs are kept; the two JSON files of a split are rebuilt unless both exist.
+    ``cleaned_panoptic`` writes the cleaned panoptic JSON (see the module docstring), not the reference's.
     """
     raw = find_raw(src, "ADEChallengeData2016", ["images", "annotations", "annotations_instance"], DOWNLOAD)
     out = Path(dst) / "ADEChallengeData2016"
@@ -170,7 +201,7 @@ def prepare_ade20k_150(
                     f"is {semantic.shape[1]}x{semantic.shape[0]}; the annotation folders do not match."
                 )
             ids, segments, things = panoptic_from_annotations(
-                semantic, instance, vocabulary.is_thing, instance_labels
+                semantic, instance, vocabulary.is_thing, instance_labels, cleaned=cleaned_panoptic
             )
             if overwrite or not pan_png.exists():
                 save_image(id2rgb(ids), pan_png)
