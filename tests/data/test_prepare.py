@@ -361,6 +361,32 @@ def test_prepare_pascal_context_59_and_459(tmp_path: Path) -> None:
     assert prepare("pascal_context_459", tmp_path / "raw", dst, show_progress=False).total_written == 0
 
 
+def test_pascal_context_59_and_459_use_the_same_image_lists(tmp_path: Path) -> None:
+    # The reference converts Context-459 for the images its Context-59 script copied (the `phase` lists of
+    # trainval_merged.json); omtseg reads VOC2010 ImageSets/Main. On one download both give one image set.
+    raw = _fake_voc2010(tmp_path / "raw")
+    data = load_json(raw / "trainval_merged.json")
+    data["images"].append(
+        {"image_id": 3, "file_name": "2008_000003.jpg", "height": 11, "width": 14, "phase": "val"}
+    )
+    save_json(data, raw / "trainval_merged.json")
+    _jpg(raw / "JPEGImages/2008_000003.jpg", 11, 14)
+    (raw / "ImageSets/Main/val.txt").write_text("2008_000002\n2008_000003\n")
+    from scipy.io import savemat
+
+    savemat(raw / "trainval/2008_000003.mat", {"LabelMap": np.ones((11, 14), dtype=np.uint16)})
+    dst = tmp_path / "data/pascal_ctx_d2"
+    prepare("pascal_context_59", tmp_path / "raw", tmp_path / "data", show_progress=False)
+    prepare("pascal_context_459", tmp_path / "raw", tmp_path / "data", show_progress=False)
+    for split, split_dir in (("train", "training"), ("val", "validation")):
+        phase = sorted(Path(i["file_name"]).stem for i in data["images"] if i["phase"] == split)
+        main_list = sorted((raw / f"ImageSets/Main/{split}.txt").read_text().split())
+        assert phase == main_list
+        assert sorted(p.stem for p in (dst / "annotations_ctx59" / split_dir).iterdir()) == phase
+        assert sorted(p.stem for p in (dst / "annotations_ctx459" / split_dir).iterdir()) == phase
+        assert sorted(p.stem for p in (dst / "images" / split_dir).iterdir()) == phase
+
+
 def test_prepare_pascal_context_errors(tmp_path: Path) -> None:
     raw = _fake_voc2010(tmp_path / "raw")
     (raw / "trainval_merged.json").unlink()
