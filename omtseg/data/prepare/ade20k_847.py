@@ -119,7 +119,7 @@ def prepare_ade20k_847(
         class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
         if class_ids.shape != image.shape[:2]:
             raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
-        size = shrunk_size(*class_ids.shape, MAX_SHORT_SIDE)
+        size = shrunk_size(class_ids.shape[0], class_ids.shape[1], MAX_SHORT_SIDE)
         if size is not None:
             image, class_ids = resize_linear(image, size), resize_nearest(class_ids, size)
         if overwrite or not out_image.exists():
