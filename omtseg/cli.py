@@ -21,6 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -38,11 +39,56 @@ COMMANDS: dict[str, str] = {
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
 
+TRAINER_DEFAULTS: dict[str, list[dict[str, Any]]] = {
+    # Paths follow the run's trainer.default_root_dir (interpolations resolve on the merged config).
+    "logger": [
+        {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "${....default_root_dir}", "name": "csv"},
+        },
+        {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "${....default_root_dir}", "name": "tensorboard"},
+        },
+    ],
+    "callbacks": [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": "${....default_root_dir}/checkpoints",
+                "filename": "best-{step}",
+                "monitor": "val/pq",
+                "mode": "max",
+                "save_top_k": 1,
+            },
+        },
+        {
+            # `last.ckpt` at every validation (every epoch's end when validation counts epochs), so an
+            # interrupted run resumes from its latest validated state.
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": "${....default_root_dir}/checkpoints",
+                "every_n_train_steps": "${....val_check_interval}",
+                "save_top_k": 0,
+                "save_last": True,
+            },
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+            "init_args": {"logging_interval": "step"},
+        },
+        {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+    ],
+}
+"""The loggers and callbacks of every run, whatever its trainer file (``configs/trainer/*.yaml`` hold the
+run values: device, precision, length); a trainer file or the command line may still replace them."""
+
 
 class OMTSegCLI(LightningCLI):
     """LightningCLI over :class:`OMTSegModule` and any ``LightningDataModule`` (``data.class_path``)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
         parser.add_lightning_class_args(PanopticPredictionWriter, "prediction_writer")
         parser.add_argument(
             "--vocabulary_file",
