@@ -1,6 +1,6 @@
 """Tiny stand-ins for the zero-shot benchmarks, written in each one's prepared layout and file formats.
 
-They let the evaluation harness (``omtseg test`` with ``configs/eval/*.yaml``, ``python -m omtseg.eval_all``)
+They let the evaluation harness (``omtseg test`` with ``configs/eval/*.yaml``, ``omtseg eval-all``)
 run end to end where the real datasets are absent: tests, CI and smoke runs. Each image holds a background
 class and a few rectangles of other classes, painted in the classes' colors, with an unlabelled strip that
 carries the benchmark's ignore value (255 or 65535). Label maps are 8-bit PNG or uint16 TIFF exactly as

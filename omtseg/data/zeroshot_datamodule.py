@@ -1,7 +1,7 @@
 """The LightningDataModule that evaluates a COCO-trained model zero-shot on one benchmark.
 
 ``omtseg test --config configs/eval/<benchmark>.yaml --ckpt_path CKPT`` uses it as ``data:``; so does
-``python -m omtseg.eval_all``. Its batches carry the benchmark's vocabulary (K = 20 ... 847 classes), which
+``omtseg eval-all``. Its batches carry the benchmark's vocabulary (K = 20 ... 847 classes), which
 the model prompts with, and the labels that benchmark scores:
 
 - semantic benchmarks (ADE20K-847, Pascal Context-59/459, Pascal VOC-20, ADE20K-150 semantic) give
