@@ -97,17 +97,8 @@ class SimplePyramid(nn.Module):
         text_positions: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
     ) -> BackboneOutput:
-        """Multi-scale features of the images and, with text, the text states.
-
-        Args:
-            images: (B, 3, H, W) normalised float, H and W multiples of 32.
-            text_embeds: (B, L, D) or (1, L, D) prompt token embeddings, or None.
-            text_positions: (B, L) or (L,) long text positions, or None for ``0..L-1``.
-            text_padding_mask: (B, L) bool, True at padding, or None.
-
-        Returns:
-            features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.
-        """
+        """Multi-scale features ``f1..f4`` and, with text, the text states: the inputs and outputs of
+        :meth:`omtseg.modeling.adapter.VisualAdapter.forward`, so either wrapper serves the segmenter."""
         _, _, h, w = images.shape
         text_input = dict(
             text_embeds=text_embeds, text_positions=text_positions, text_padding_mask=text_padding_mask
