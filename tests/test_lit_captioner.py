@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from torch.utils.data import DataLoader
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.inference import caption_prompt, caption_results, match_queries, segmenter_pass
 from omtseg.captioning.language_model import make_word_level_lm
-from omtseg.checkpoint import load_captioner, load_segmenter, save_captioner
 from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.coco_panoptic import CocoPanopticDataset
 from omtseg.data.regions import PanopticRegionCaptions, collate_regions
@@ -140,24 +138,6 @@ def test_lightning_trains_the_captioner_and_keeps_the_segmenter_frozen(
     assert trainer.callback_metrics["val/cider_d"] > 1.0  # region captions learnt from 2 images: mostly right
 
 
-def test_segmenter_checkpoint_loads_and_mismatch_is_clear(tmp_path: Path) -> None:
-    source = tiny_segmenter()
-    with torch.no_grad():
-        source.decoder.query_feat.weight.add_(1.0)
-    path = tmp_path / "seg.ckpt"
-    state = {f"model.{k}": v for k, v in source.state_dict().items()}
-    torch.save({"omtseg_format": 1, "state_dict": state}, path)
-    target = tiny_segmenter()
-    load_segmenter(target, path)
-    assert torch.equal(target.decoder.query_feat.weight, source.decoder.query_feat.weight)
-    bad = {"omtseg_format": 1, "state_dict": {"model.decoder.extra": torch.zeros(1)}}
-    torch.save(bad, tmp_path / "bad.ckpt")
-    with pytest.raises(ValueError, match="does not fit"):
-        load_segmenter(target, tmp_path / "bad.ckpt")
-    with pytest.raises(FileNotFoundError, match="omtseg fit"):
-        load_segmenter(target, tmp_path / "none.ckpt")
-
-
 def test_caption_results_fill_every_segment(lm_dir: Path) -> None:
     seg, cap = tiny_segmenter().eval(), tiny_captioner(lm_dir).eval()
     batch = _batch(torch.randint(0, 256, (2, 3, 48, 40), dtype=torch.uint8), (48, 40))
@@ -185,28 +165,3 @@ def test_prompted_captions(lm_dir: Path) -> None:
         caption_prompt(seg, cap, batch, max_new_tokens=4)
     with pytest.raises(ValueError, match="outside"):
         caption_prompt(seg, cap, batch, point=(400, 3))
-
-
-def test_captioner_checkpoint_round_trip_and_errors(lm_dir: Path, tmp_path: Path) -> None:
-    config: dict[str, Any] = dict(
-        language_model=str(lm_dir), feature_dim=32, query_dim=32, width=32, num_layers=3, num_heads=2,
-        ffn_dim=64,
-    )
-    torch.manual_seed(1)
-    source = SegmentCaptioner(**config)
-    with torch.no_grad():
-        source.no_query.add_(1.0)
-    path = save_captioner(source, config, tmp_path / "cap" / "captioner.ckpt")
-    loaded, loaded_config = load_captioner(path)
-    assert loaded_config["query_dim"] == 32 and not loaded.training
-    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in source.state_dict().items())
-    # a language model inside the checkpoint's folder is found again after the folder moves
-    shutil.copytree(lm_dir, tmp_path / "cap" / "lm")
-    save_captioner(source, {**config, "language_model": tmp_path / "cap" / "lm"}, path)
-    moved = shutil.move(tmp_path / "cap", tmp_path / "moved")
-    assert torch.equal(load_captioner(Path(moved) / "captioner.ckpt")[0].no_query, source.no_query)
-    with pytest.raises(FileNotFoundError, match="Captioner checkpoint not found"):
-        load_captioner(tmp_path / "missing.ckpt")
-    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="not a captioner checkpoint"):
-        load_captioner(tmp_path / "other.ckpt")
