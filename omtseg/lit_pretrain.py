@@ -1,0 +1,158 @@
+"""The LightningModule of BEiT-3-style pre-training (``omtseg pretrain``): steps, logging, export.
+
+It tokenises the captions with the BEiT-3 tokenizer, draws the text and patch masks, and logs
+``train/mlm_loss``, ``train/mim_loss``, ``train/mlm_acc`` and, on held-out pairs, ``val/mlm_acc`` beside
+``val/unigram_acc``: the accuracy of always answering the training corpus's most frequent masked token, the
+bar a model that does not read the image or the context cannot pass. Validation masks are drawn from a fixed
+seed, so every validation scores the same positions. :meth:`export` writes the encoder in the official
+unilm format (:func:`~omtseg.modeling.backbone.beit3.official_state_dict`), the file the segmentation
+configs load as ``backbone_weights``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from omtseg.data.corpus import CaptionBatch
+from omtseg.io import atomic_path
+from omtseg.modeling.backbone.beit3 import official_state_dict
+from omtseg.modeling.pretraining import BEiT3Pretrainer, mask_patches, mask_text
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, PAD_ID, Beit3Tokenizer
+from omtseg.optim import apply_lr_scale, param_groups
+
+PIXEL_MEAN = PIXEL_STD = 127.5  # BEiT-3's normalisation (mean = std = 0.5 on [0, 1]), as the segmenter's
+
+
+class BEiT3PretrainModule(L.LightningModule):
+    """Masked data modeling of a :class:`BEiT3Pretrainer` on image-caption batches.
+
+    Args:
+        model: the encoder with its heads.
+        optimizer: builds the optimizer from parameter groups (AdamW in the configs).
+        scheduler: learning-rate schedule stepped every optimizer step; None keeps it constant.
+        text_mask_ratio: share of each caption's tokens masked (BEiT-3: 0.5 on image-text pairs).
+        patch_mask_ratio: share of patches masked (BEiT-3: 0.4).
+        mim_weight: weight of the masked-image loss beside the masked-language loss.
+        max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: BEiT3Pretrainer,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        text_mask_ratio: float = 0.5,
+        patch_mask_ratio: float = 0.4,
+        mim_weight: float = 1.0,
+        max_text_tokens: int = 64,
+    ) -> None:
+        super().__init__()
+        if max_text_tokens < 3:
+            raise ValueError(
+                f"max_text_tokens={max_text_tokens} leaves no room for a word between <s> and </s>."
+            )
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.text_mask_ratio = text_mask_ratio
+        self.patch_mask_ratio = patch_mask_ratio
+        self.mim_weight = mim_weight
+        self.max_text_tokens = max_text_tokens
+        self.tokenizer = Beit3Tokenizer()
+        self._ids: dict[str, list[int]] = {}
+        vocab = model.beit3.text_embed.num_embeddings
+        # Masked-token counts of training: the unigram baseline answers their argmax.
+        self.register_buffer("train_token_counts", torch.zeros(vocab, dtype=torch.long))
+        self._val = torch.zeros(3, dtype=torch.long)  # correct, unigram correct, total
+
+    # ------------------------------------------------------------------------------------------- batches
+
+    def tokenize(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """(B, L) ids ``<s> caption </s>`` padded with ``<pad>``, and the (B, L) padding mask."""
+        rows = []
+        for text in captions:
+            ids = self._ids.get(text)
+            if ids is None:
+                ids = [BOS_ID, *self.tokenizer.encode(text)[: self.max_text_tokens - 2], EOS_ID]
+                self._ids[text] = ids
+            rows.append(ids)
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        return ids.to(self.device), (ids == PAD_ID).to(self.device)
+
+    def restrict_output_to(self, captions: list[str]) -> None:
+        """Run the masked-language softmax over the ids of ``captions`` only (see pretraining.py)."""
+        ids = {i for text in captions for i in self.tokenize([text])[0][0].tolist()}
+        self.model.restrict_output(torch.tensor(sorted(ids)))
+
+    def on_fit_start(self) -> None:
+        captions = getattr(self.trainer.datamodule, "train_captions", None)
+        if captions is not None:
+            self.restrict_output_to(captions())
+
+    def _losses(self, batch: CaptionBatch, generator: torch.Generator | None) -> Any:
+        images = (batch.images.float() - PIXEL_MEAN) / PIXEL_STD
+        ids, padding = self.tokenize(batch.captions)
+        gh, gw = self.model.beit3.patch_grid((images.shape[-2], images.shape[-1]))
+        text_mask = mask_text(ids.cpu(), padding.cpu(), self.text_mask_ratio, generator).to(self.device)
+        patch_mask = mask_patches(len(ids), gh * gw, self.patch_mask_ratio, generator).to(self.device)
+        return self.model(images, ids, padding, text_mask, patch_mask)
+
+    # --------------------------------------------------------------------------------------------- steps
+
+    def training_step(self, batch: CaptionBatch, batch_idx: int) -> Tensor:
+        out = self._losses(batch, None)
+        self.train_token_counts += torch.bincount(out.mlm_targets, minlength=self.train_token_counts.numel())
+        loss = out.mlm + self.mim_weight * out.mim
+        n = len(batch.captions)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/mlm_loss", out.mlm, batch_size=n)
+        self.log("train/mim_loss", out.mim, batch_size=n)
+        self.log("train/mlm_acc", out.mlm_correct.float() / out.mlm_total, prog_bar=True, batch_size=n)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val.zero_()
+        self._val_generator = torch.Generator().manual_seed(0)
+
+    def validation_step(self, batch: CaptionBatch, batch_idx: int) -> None:
+        out = self._losses(batch, self._val_generator)
+        mode = int(self.train_token_counts.argmax())
+        self._val += torch.tensor([int(out.mlm_correct), int((out.mlm_targets == mode).sum()), out.mlm_total])
+        n = len(batch.captions)
+        self.log("val/mlm_loss", out.mlm, batch_size=n)
+        self.log("val/mim_loss", out.mim, batch_size=n)
+
+    def on_validation_epoch_end(self) -> None:
+        correct, unigram, total = (int(v) for v in self._val)
+        if total:
+            self.log("val/mlm_acc", correct / total, prog_bar=True)
+            self.log("val/unigram_acc", unigram / total)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(param_groups(self))
+        apply_lr_scale(optimizer)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------------------------------------- export
+
+    def export(self, path: str | Path) -> Path:
+        """Write the encoder (and heads) in the official unilm ``.pth`` format, atomically."""
+        path = Path(path)
+        state = official_state_dict(self.model.beit3, heads=self.model.heads_state_dict())
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path

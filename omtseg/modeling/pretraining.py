@@ -1,0 +1,194 @@
+"""BEiT-3's pre-training objective, scaled down: masked data modeling through the multiway transformer.
+
+BEiT-3 is pre-trained with one task, mask-then-predict, on images, texts and image-text pairs through the
+shared multiway encoder (attention over all tokens, vision expert A, text expert B). Here, on image-text
+pairs, two passes per step:
+
+* **Masked language modeling given the image**: a share of the caption tokens (BEiT-3: 50% for image-text
+  pairs) is replaced by ``<mask>`` and predicted from the rest of the caption *and the image* through the
+  joint attention, by ``mlm_head`` (D -> the 64010-row text vocabulary). To fill ``a [MASK] star`` the model
+  must find the star in the image: this is what ties words to appearance.
+* **Masked image modeling given the caption**: a share of the patches (BEiT-3: 40%) is replaced by the mask
+  token and reconstructed by ``mim_head``. BEiT-3 predicts the masked patches' ids from a VQ visual tokenizer
+  (BEiT v2's); that tokenizer is a separately trained network we do not have, so the target here is the
+  patch's appearance itself, a ``g x g`` RGB thumbnail (mean of each cell, in the model's normalised pixel
+  units) regressed with a mean squared error, as SimMIM and MAE do. At the demo's 4 x 4 patch grid BEiT's
+  block-wise masking degenerates to single patches, so patches are masked uniformly at random.
+
+Cost: a softmax over all 64010 text ids is 90% of a tiny model's step on a CPU, while a small corpus uses a
+few dozen ids. :meth:`BEiT3Pretrainer.restrict_output` limits the masked-language softmax to the ids that
+occur in the corpus (a sampled softmax with a fixed candidate set); the head's other rows stay untrained,
+which no caption of that corpus can notice.
+
+Shape letters: B batch, L text tokens, N patches, D width, V text vocabulary, M masked tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omtseg.modeling.backbone.beit3 import BEiT3
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID
+
+
+def _choose(candidates: Tensor, ratio: float, generator: torch.Generator | None) -> Tensor:
+    """(B, T) bool: per row, ``max(1, round(ratio * n))`` of the row's ``n`` candidates at random."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask ratio {ratio} must lie in (0, 1).")
+    scores = torch.rand(candidates.shape, generator=generator).to(candidates.device)
+    scores = scores.masked_fill(~candidates, 2.0)  # non-candidates sort last
+    count = (candidates.sum(1, keepdim=True) * ratio).round().clamp(min=1)  # (B, 1)
+    rank = scores.argsort(1).argsort(1)  # rank of each position within its row
+    return (rank < count) & candidates
+
+
+def mask_text(
+    text_ids: Tensor, padding_mask: Tensor, ratio: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Positions to mask in (B, L) captions: a ``ratio`` share of each row's word tokens (at least one).
+
+    ``<s>``, ``</s>`` and padding are never masked.
+    """
+    candidates = ~padding_mask & (text_ids != BOS_ID) & (text_ids != EOS_ID)
+    if not bool(candidates.any(1).all()):
+        raise ValueError("Every caption needs at least one token besides <s> and </s> to mask.")
+    return _choose(candidates, ratio, generator)
+
+
+def mask_patches(
+    batch: int, num_patches: int, ratio: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """(B, N) bool: ``round(ratio * N)`` patches per image (at least one), uniformly at random."""
+    return _choose(torch.ones(batch, num_patches, dtype=torch.bool), ratio, generator)
+
+
+def patch_thumbnails(images: Tensor, patch_size: int, grid: int) -> Tensor:
+    """(B, N, 3 * grid^2) reconstruction targets: each patch averaged down to ``grid x grid`` RGB cells.
+
+    Args:
+        images: (B, 3, H, W) normalised images, H and W multiples of ``patch_size``.
+    """
+    if patch_size % grid:
+        raise ValueError(f"target grid {grid} must divide the patch size {patch_size}.")
+    b, c, h, w = images.shape
+    gh, gw = h // patch_size, w // patch_size
+    small = F.avg_pool2d(images, patch_size // grid)  # (B, 3, gh*grid, gw*grid)
+    small = small.view(b, c, gh, grid, gw, grid).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, 3, grid, grid)
+    return small.reshape(b, gh * gw, c * grid * grid)
+
+
+@dataclass
+class PretrainLosses:
+    """One step's losses and masked-token statistics.
+
+    Attributes:
+        mlm: cross-entropy of the masked caption tokens.
+        mim: mean squared error of the masked patches' thumbnails.
+        mlm_correct: masked tokens predicted exactly (argmax), a 0-d long tensor.
+        mlm_total: masked tokens.
+        mlm_targets: (M,) the masked tokens' ids (for baselines).
+    """
+
+    mlm: Tensor
+    mim: Tensor
+    mlm_correct: Tensor
+    mlm_total: int
+    mlm_targets: Tensor
+
+
+class BEiT3Pretrainer(nn.Module):
+    """A BEiT-3 encoder with the masked-data-modeling heads.
+
+    Args:
+        backbone: the encoder being pre-trained (all of it trains, text table included).
+        target_grid: cells per patch side of the masked-image target (see the module docstring).
+    """
+
+    def __init__(self, *, backbone: BEiT3, target_grid: int = 4) -> None:
+        super().__init__()
+        self.beit3 = backbone
+        self.target_grid = target_grid
+        width = backbone.embed_dim
+        self.mlm_head = nn.Linear(width, backbone.text_embed.num_embeddings)
+        self.mim_head = nn.Linear(width, 3 * target_grid * target_grid)
+        nn.init.normal_(self.mlm_head.weight, std=0.02)
+        nn.init.zeros_(self.mlm_head.bias)
+        # Candidate ids of the masked-language softmax (None: all); derived from the corpus each run.
+        self.output_ids: Tensor | None = None
+        self._output_index: Tensor | None = None
+
+    def restrict_output(self, ids: Tensor | None) -> None:
+        """Limit the masked-language softmax to ``ids`` (1-D long, unique), or lift the limit (None)."""
+        if ids is None:
+            self.output_ids = self._output_index = None
+            return
+        vocab = self.mlm_head.out_features
+        ids = ids.unique()
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ValueError(f"Output ids must be a non-empty set of ids in [0, {vocab}).")
+        index = torch.full((vocab,), -1, dtype=torch.long)
+        index[ids] = torch.arange(ids.numel())
+        self.output_ids, self._output_index = ids.to(self.mlm_head.weight.device), index.to(ids.device)
+
+    def _mlm_logits(self, states: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (M, V or candidates) of masked states (M, D) and targets as indices into them."""
+        if self.output_ids is None or self._output_index is None:
+            return self.mlm_head(states), targets
+        ids = self.output_ids.to(states.device)
+        index = self._output_index.to(targets.device)[targets]
+        if bool((index < 0).any()):
+            raise ValueError(
+                "A masked token lies outside the restricted output ids; derive them from this corpus."
+            )
+        logits = F.linear(states, self.mlm_head.weight[ids], self.mlm_head.bias[ids])
+        return logits, index
+
+    def forward(
+        self,
+        images: Tensor,
+        text_ids: Tensor,
+        padding_mask: Tensor,
+        text_mask: Tensor,
+        patch_mask: Tensor,
+    ) -> PretrainLosses:
+        """Both masked-modeling losses of a batch of image-caption pairs.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+            text_ids: (B, L) caption ids ``<s> ... </s>`` padded with ``<pad>``.
+            padding_mask: (B, L) bool, True at padding.
+            text_mask: (B, L) bool caption tokens to mask and predict (pass 1, image intact).
+            patch_mask: (B, N) bool patches to mask and reconstruct (pass 2, caption intact).
+        """
+        num_vision = 1 + patch_mask.shape[1]  # CLS + patches
+        masked_ids = text_ids.masked_fill(text_mask, MASK_ID)
+        states = self.beit3(image=images, text_ids=masked_ids, text_padding_mask=padding_mask)
+        targets = text_ids[text_mask]  # (M,)
+        logits, classes = self._mlm_logits(states[:, num_vision:][text_mask], targets)  # (M, V'), (M,)
+        mlm = F.cross_entropy(logits.float(), classes)
+
+        states = self.beit3(
+            image=images,
+            text_ids=text_ids,
+            text_padding_mask=padding_mask,
+            vision_masked_position=patch_mask,
+        )
+        pred = self.mim_head(states[:, 1:num_vision][patch_mask])  # (masked patches, 3 g^2)
+        target = patch_thumbnails(images, self.beit3.patch_size, self.target_grid)[patch_mask]
+        mim = F.mse_loss(pred.float(), target.float())
+        return PretrainLosses(
+            mlm=mlm,
+            mim=mim,
+            mlm_correct=(logits.argmax(-1) == classes).sum(),
+            mlm_total=int(targets.numel()),
+            mlm_targets=targets.detach(),
+        )
+
+    def heads_state_dict(self) -> dict[str, Tensor]:
+        """The pre-training heads, keyed as stored beside ``beit3.*`` in the official-format file."""
+        heads = ("mlm_head", "mim_head")
+        return {f"{h}.{k}": v for h in heads for k, v in getattr(self, h).state_dict().items()}

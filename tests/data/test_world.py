@@ -1,0 +1,119 @@
+"""The open-vocabulary world: deterministic; novel words out of segmentation, in captions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from omtseg.data.coco_panoptic import CocoPanopticDataset
+from omtseg.data.world import (
+    NOVEL_WORDS,
+    UNSEEN_COMPOSITIONS,
+    group_pq,
+    make_world_split,
+    world_categories,
+    world_classes,
+    world_words,
+)
+from omtseg.io import read_panoptic_ids
+
+
+def _digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(root).as_posix().encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def test_classes_and_groups() -> None:
+    classes = world_classes()
+    assert len(classes) == 50 and len({c.id for c in classes}) == 50
+    groups = {c.name: c.group for c in classes}
+    assert all(groups[n] == "unseen" for n in UNSEEN_COMPOSITIONS)
+    for c in classes:
+        has_novel = any(w in NOVEL_WORDS for w in c.name.split())
+        assert (c.group == "novel") == has_novel, c
+    # Every word of an unseen composition is seen in some seen class: only the pair is new.
+    seen_words = {w for c in classes if c.group == "seen" for w in c.name.split()}
+    assert all(set(n.split()) <= seen_words for n in UNSEEN_COMPOSITIONS)
+    assert not seen_words & set(NOVEL_WORDS)
+
+
+def test_deterministic_and_reused(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        make_world_split(root, "train", 6, seed=3)
+        make_world_split(root, "pretrain", 6, seed=3)
+    assert _digest(a) == _digest(b)
+    before = {f: f.stat().st_mtime_ns for f in a.rglob("*") if f.is_file()}
+    make_world_split(a, "train", 6, seed=3)
+    assert {f: f.stat().st_mtime_ns for f in a.rglob("*") if f.is_file()} == before
+    make_world_split(b, "train", 6, seed=4)
+    assert _digest(a) != _digest(b)
+
+
+def test_segmentation_splits_keep_novel_words_out(tmp_path: Path) -> None:
+    groups = {c.id: c.group for c in world_classes()}
+    for split in ("train", "val", "test"):
+        paths = make_world_split(tmp_path, split, 40)
+        data = json.loads(Path(paths.panoptic_json).read_text())
+        # The training vocabulary names no novel or unseen class, and no image shows one, labelled or not.
+        assert {c["split"] for c in data["categories"]} == {"seen"}
+        assert not any(w in c["name"].split() for c in data["categories"] for w in NOVEL_WORDS)
+        for ann in data["annotations"]:
+            assert {groups[s["category_id"]] for s in ann["segments_info"]} == {"seen"}
+            ids = read_panoptic_ids(Path(paths.panoptic_dir) / ann["file_name"])
+            assert (ids > 0).all()  # no void region that could hide an unlabelled novel thing
+        dataset = CocoPanopticDataset(
+            image_dir=paths.image_dir,
+            panoptic_dir=paths.panoptic_dir,
+            panoptic_json=paths.panoptic_json,
+            categories_json=paths.categories_json,
+        )
+        assert len(dataset) == 40 and len(dataset.vocabulary) == 30
+
+
+@pytest.mark.parametrize("split,group", [("unseen", "unseen"), ("novel", "novel")])
+def test_zero_shot_splits(tmp_path: Path, split: str, group: str) -> None:
+    paths = make_world_split(tmp_path, split, 30)
+    data = json.loads(Path(paths.panoptic_json).read_text())
+    assert len(data["categories"]) == 50  # the whole world's vocabulary, as ADE20K's list holds COCO's
+    groups = {c["id"]: c["split"] for c in data["categories"]}
+    other = ({"unseen", "novel"} - {group}).pop()
+    novel_ids = set()
+    for ann in data["annotations"]:
+        present = {groups[s["category_id"]] for s in ann["segments_info"]}
+        assert group in present and other not in present
+        novel_ids |= {s["category_id"] for s in ann["segments_info"] if groups[s["category_id"]] == group}
+    # Every class of the group is shown somewhere in 30 images (the required class cycles through them).
+    assert novel_ids == {c["id"] for c in data["categories"] if c["split"] == group}
+
+
+def test_captions_cover_every_word(tmp_path: Path) -> None:
+    path = make_world_split(tmp_path, "pretrain", 120)
+    data = json.loads(Path(path).read_text())
+    assert len(data["annotations"]) == 2 * 120
+    words = {w.strip(".,") for a in data["annotations"] for w in a["caption"].split()}
+    assert set(world_words()) <= words
+    assert set(NOVEL_WORDS) <= words
+
+
+def test_group_pq() -> None:
+    cats = world_categories()
+    novel = [c["id"] for c in cats if c["split"] == "novel"]
+    seen = [c["id"] for c in cats if c["split"] == "seen"]
+    per_class = {
+        novel[0]: {"pq": 0.5, "sq": 1.0, "rq": 0.5, "tp": 1, "fp": 0, "fn": 1},
+        novel[1]: {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0},  # absent: left out
+        seen[0]: {"pq": 0.9, "sq": 0.9, "rq": 1.0, "tp": 2, "fp": 0, "fn": 0},
+    }
+    out = group_pq(per_class, cats)
+    assert out["novel"] == {"pq": 50.0, "sq": 100.0, "rq": 50.0, "n": 1}
+    assert out["seen"]["pq"] == pytest.approx(90.0)
+    assert "unseen" not in out
+    assert np.isclose(out["seen"]["n"], 1)

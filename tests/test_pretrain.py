@@ -1,0 +1,117 @@
+"""BEiT-3-style pre-training: masks, targets, the official-format export, and a short run that learns."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from omtseg.data.corpus import CaptionCorpusDataModule, WorldCorpus
+from omtseg.lit_pretrain import BEiT3PretrainModule
+from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint, official_state_dict
+from omtseg.modeling.pretraining import BEiT3Pretrainer, mask_patches, mask_text, patch_thumbnails
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from omtseg.optim import WarmupDecayLR
+
+sys.path.insert(0, str(Path(__file__).parent / "modeling"))
+from _beit3_reference import randomize_, torchscale_beit3  # noqa: E402
+
+
+def test_mask_text_skips_specials_and_padding() -> None:
+    ids = torch.tensor([[BOS_ID, 10, 11, 12, 13, EOS_ID], [BOS_ID, 10, EOS_ID, PAD_ID, PAD_ID, PAD_ID]])
+    pad = ids == PAD_ID
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        m = mask_text(ids, pad, 0.5, g)
+        assert not m[:, 0].any() and not (m & pad).any() and not m[0, 5] and not m[1, 2]
+        assert m.sum(1).tolist() == [2, 1]  # half of 4 words; at least one of 1
+    with pytest.raises(ValueError, match="at least one token"):
+        mask_text(torch.tensor([[BOS_ID, EOS_ID]]), torch.zeros(1, 2, dtype=torch.bool), 0.5)
+
+
+def test_mask_patches_count() -> None:
+    m = mask_patches(5, 16, 0.4, torch.Generator().manual_seed(1))
+    assert m.shape == (5, 16) and m.sum(1).tolist() == [6] * 5
+    assert len({tuple(r.tolist()) for r in m}) > 1
+
+
+def test_patch_thumbnails() -> None:
+    images = torch.arange(2 * 3 * 32 * 48, dtype=torch.float).view(2, 3, 32, 48)
+    t = patch_thumbnails(images, 16, 4)
+    assert t.shape == (2, 6, 48)
+    # Patch (row 1, col 2), channel 1, cell (3, 0): mean of the 4x4 pixels it covers.
+    expected = images[0, 1, 16 + 12 : 16 + 16, 32:36].mean()
+    assert t[0, 1 * 3 + 2, 16 + 3 * 4 + 0] == expected
+
+
+def test_restricted_softmax_equals_full_softmax_over_the_candidates() -> None:
+    model = BEiT3Pretrainer(backbone=BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32))
+    states, targets = torch.randn(7, 32), torch.tensor([5, 9, 5, 100, 9, 7, 100])
+    candidates = torch.tensor([100, 5, 7, 9, 3])
+    model.restrict_output(candidates)
+    logits, classes = model._mlm_logits(states, targets)
+    full = model.mlm_head(states)[:, model.output_ids]
+    assert torch.allclose(logits, full)
+    assert torch.equal(model.output_ids[classes], targets)
+    assert torch.allclose(F.cross_entropy(logits, classes), F.cross_entropy(full, classes))
+    with pytest.raises(ValueError, match="outside the restricted"):
+        model._mlm_logits(states, torch.tensor([6]))
+
+
+def test_official_state_dict_loads_into_torchscale_and_back() -> None:
+    cfg = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, vocab_size=120)
+    ours = randomize_(BEiT3(**cfg)).eval()
+    state = official_state_dict(ours, heads={"mlm_head.weight": torch.zeros(120, 32)})
+    ref = torchscale_beit3(**cfg).eval()
+    beit3 = {k[len("beit3.") :]: v for k, v in state["model"].items() if k.startswith("beit3.")}
+    assert set(beit3) == set(ref.state_dict())  # exactly the official key set
+    ref.load_state_dict(beit3, strict=True)
+    image, text = torch.randn(2, 3, 32, 32), torch.randint(3, 120, (2, 5))
+    expected = ref(textual_tokens=text, visual_tokens=image)["encoder_out"]
+    assert torch.allclose(ours(image=image, text_ids=text), expected, atol=1e-5)
+    back = BEiT3(**cfg)
+    load_beit3_checkpoint(back, state)  # the heads are dropped as the release files' are
+    for (k, v), w in zip(ours.state_dict().items(), back.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_short_pretraining_learns(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    data = CaptionCorpusDataModule(
+        root=str(tmp_path), world=WorldCorpus(num_images=400), val_images=40, batch_size=32
+    )
+    steps = 120
+    module = BEiT3PretrainModule(
+        model=BEiT3Pretrainer(backbone=BEiT3(embed_dim=64, depth=2, num_heads=4, img_size=64)),
+        optimizer=partial(torch.optim.AdamW, lr=2e-3, weight_decay=0.01),
+        scheduler=partial(WarmupDecayLR, max_steps=steps, warmup_steps=10),
+    )
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+    )
+    data.prepare_data()
+    module.restrict_output_to(data.train_captions())  # as fit does, so both losses are over the same ids
+    before = trainer.validate(module, data, verbose=False)[0]
+    trainer.fit(module, data)
+    after = trainer.callback_metrics
+    assert float(after["val/mlm_loss"]) < 0.7 * before["val/mlm_loss"]
+    assert float(after["val/mim_loss"]) < before["val/mim_loss"]
+    # Held-out masked tokens: better than always answering the most frequent training token.
+    assert float(after["val/mlm_acc"]) > float(after["val/unigram_acc"]) + 0.05
+    path = module.export(tmp_path / "pretrained.pth")
+    fresh = BEiT3(embed_dim=64, depth=2, num_heads=4, img_size=64)
+    load_beit3_checkpoint(fresh, path)
+    assert torch.equal(fresh.text_embed.weight, module.model.beit3.text_embed.weight)
