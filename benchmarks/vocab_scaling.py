@@ -45,7 +45,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from omtseg.data.benchmark_vocab import zero_shot_vocabulary
+from omtseg.data.benchmark_registry import zero_shot_vocabulary
 from omtseg.io import atomic_path, save_json
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo

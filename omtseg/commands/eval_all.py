@@ -28,7 +28,7 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger
 
 from omtseg.checkpoint import check_checkpoint
-from omtseg.data.benchmark_vocab import BENCHMARKS, DATASETS_ENV, datasets_root
+from omtseg.data.benchmark_registry import BENCHMARKS, DATASETS_ENV, datasets_root
 from omtseg.data.zeroshot_datamodule import ZeroShotDataModule, benchmark_missing, benchmark_tasks
 from omtseg.io import save_json
 from omtseg.lit_module import OMTSegModule

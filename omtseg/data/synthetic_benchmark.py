@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from omtseg.data.benchmark_vocab import BenchmarkSpec, benchmark_spec, zero_shot_vocabulary
+from omtseg.data.benchmark_registry import BenchmarkSpec, benchmark_spec, zero_shot_vocabulary
 from omtseg.io import id2rgb, save_image, save_json
 from omtseg.types import Vocabulary
 
@@ -97,7 +97,7 @@ def write_synthetic_benchmark(
 
     Args:
         root: datasets root (the folder ``OMTSEG_DATASETS`` names).
-        benchmark: a name of :data:`~omtseg.data.benchmark_vocab.BENCHMARKS`; ``ade20k_150_panoptic``
+        benchmark: a name of :data:`~omtseg.data.benchmark_registry.BENCHMARKS`; ``ade20k_150_panoptic``
             writes the panoptic JSON and PNGs as well as the semantic maps (it is also a valid
             ``ade20k_150`` layout).
         num_images: images to write.

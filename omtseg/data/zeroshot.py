@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from omtseg.data.benchmark_vocab import benchmark_spec, zero_shot_vocabulary
+from omtseg.data.benchmark_registry import benchmark_spec, zero_shot_vocabulary
 from omtseg.data.coco_panoptic import CocoPanopticDataset, Transform
 from omtseg.io import read_image
 from omtseg.types import IGNORE_INDEX, ImageInfo, Sample, Targets, Vocabulary
@@ -268,7 +268,8 @@ def zero_shot_dataset(
     with_targets: bool = True,
     transform: Transform | None = None,
 ) -> SemanticSegmentationDataset | ADE20KPanopticDataset:
-    """The dataset of a benchmark in :data:`~omtseg.data.benchmark_vocab.BENCHMARKS` under the datasets root.
+    """The dataset of a registered benchmark (:data:`~omtseg.data.benchmark_registry.BENCHMARKS`) under the
+    datasets root.
 
     Args:
         benchmark: e.g. ``"ade20k_847"``; ``"ade20k_150_panoptic"`` gives :class:`ADE20KPanopticDataset`.

@@ -9,7 +9,7 @@ the model prompts with, and the labels that benchmark scores:
   instances, so PQ or AP on it would be meaningless);
 - ``ade20k_150_panoptic`` also gives panoptic ``Batch.targets``: PQ, AP and mIoU from one pass.
 
-Layouts and the datasets root are those of :mod:`omtseg.data.benchmark_vocab` (``omtseg prepare`` builds
+Layouts and the datasets root are those of :mod:`omtseg.data.benchmark_registry` (``omtseg prepare`` builds
 them); images go through the data engineer's :class:`~omtseg.data.transforms.EvalTransform` and
 :func:`~omtseg.data.collate.collate`, as the COCO validation split does.
 """
@@ -22,7 +22,7 @@ from functools import partial
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from omtseg.data.benchmark_vocab import SPLIT_DIRS, benchmark_spec, datasets_root, zero_shot_vocabulary
+from omtseg.data.benchmark_registry import SPLIT_DIRS, benchmark_spec, datasets_root, zero_shot_vocabulary
 from omtseg.data.collate import collate
 from omtseg.data.transforms import EvalTransform
 from omtseg.data.zeroshot import ADE20KPanopticDataset, SemanticSegmentationDataset, zero_shot_dataset
@@ -60,7 +60,7 @@ class ZeroShotDataModule(LightningDataModule):
     """One zero-shot benchmark's evaluation split, for ``validate``, ``test`` and ``predict``.
 
     Args:
-        benchmark: a name of :data:`~omtseg.data.benchmark_vocab.BENCHMARKS`: ``ade20k_150_panoptic``
+        benchmark: a name of :data:`~omtseg.data.benchmark_registry.BENCHMARKS`: ``ade20k_150_panoptic``
             (PQ, AP, mIoU), ``ade20k_150``, ``ade20k_847``, ``pascal_context_59``, ``pascal_context_459``,
             ``pascal_voc_20`` (mIoU).
         root: datasets root; None: ``$OMTSEG_DATASETS``, else ``data``.

@@ -13,7 +13,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from omtseg.data.prepare import ade20k_847, main, prepare
+from omtseg.cli import run_command
+from omtseg.commands.prepare import main
+from omtseg.data.prepare import ade20k_847, prepare
 from omtseg.data.prepare.ade20k_150 import panoptic_from_annotations, prepare_ade20k_150
 from omtseg.data.prepare.resize import resize_linear
 from omtseg.data.zeroshot import ADE20KPanopticDataset, read_label_map, zero_shot_dataset
@@ -435,9 +437,9 @@ def test_prepare_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     raw = _fake_voc2012(tmp_path / "downloads")
     with pytest.raises(SystemExit):
         main(["pascal_voc_21", "--src", str(tmp_path)])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["pascal_voc_20", "--src", str(tmp_path / "nowhere")])
-    assert exit_info.value.code == 2 and "not a folder" in capsys.readouterr().err
+    assert run_command(["prepare", "pascal_voc_20", "--src", str(tmp_path / "nowhere")]) == 2
+    message = capsys.readouterr().err
+    assert "omtseg prepare: error: --src" in message and "not a folder" in message
     with pytest.raises(ValueError, match="Unknown splits"):
         prepare("pascal_voc_20", tmp_path / "downloads", tmp_path / "data", splits=["test"])
     with pytest.raises(FileNotFoundError, match="not a folder"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omtseg.data.benchmark_vocab import (
+from omtseg.data.benchmark_registry import (
     BENCHMARKS,
     ade20k_instance_labels,
     datasets_root,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omtseg.data.benchmark_vocab import BENCHMARKS, zero_shot_vocabulary
+from omtseg.data.benchmark_registry import BENCHMARKS, zero_shot_vocabulary
 from omtseg.data.synthetic_benchmark import write_synthetic_benchmark
 from omtseg.data.zeroshot_datamodule import ZeroShotDataModule, benchmark_missing, benchmark_tasks
 from omtseg.evaluation.panoptic import PanopticQuality, pq_compute

@@ -1,4 +1,5 @@
-"""``omtseg prepare <benchmark> --src RAW --dst ROOT``: official downloads -> the zero-shot benchmark layouts.
+"""Official downloads -> the zero-shot benchmark layouts (the command is ``omtseg prepare``, in
+:mod:`omtseg.commands.prepare`).
 
 One module per raw download (:mod:`.ade20k_150`, :mod:`.ade20k_847`, :mod:`.pascal_context`,
 :mod:`.pascal_voc`); each documents its inputs and outputs. The commands resume: outputs are written
@@ -8,12 +9,11 @@ data/README.md lists the downloads and where each file goes.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from omtseg.data.benchmark_vocab import DATASETS_ENV, SPLIT_DIRS, datasets_root
+from omtseg.data.benchmark_registry import SPLIT_DIRS, datasets_root
 from omtseg.data.prepare._common import PrepareStats
 from omtseg.data.prepare.ade20k_150 import prepare_ade20k_150
 from omtseg.data.prepare.ade20k_847 import prepare_ade20k_847
@@ -45,7 +45,8 @@ def prepare(
     """Convert the raw download(s) under ``src`` into ``benchmark``'s layout under ``dst``.
 
     Args:
-        benchmark: a key of :data:`PREPARERS` (the names of :data:`~omtseg.data.benchmark_vocab.BENCHMARKS`).
+        benchmark: a key of :data:`PREPARERS` (the names of
+            :data:`~omtseg.data.benchmark_registry.BENCHMARKS`).
         src: folder holding the extracted download (e.g. the parent of ``ADEChallengeData2016``).
         dst: datasets root to write into (default ``$OMTSEG_DATASETS`` or ``data/``); may equal ``src``.
         splits: which of ``"train"``, ``"val"`` to prepare (zero-shot evaluation needs ``"val"`` only).
@@ -70,38 +71,4 @@ def prepare(
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: ``prepare <benchmark> --src RAW [--dst ROOT] [--splits val] [--overwrite]``."""
-    parser = argparse.ArgumentParser(
-        prog="omtseg prepare",
-        description="Convert an official dataset download into the layout omtseg's zero-shot benchmarks read "
-        "(see data/README.md). Resumable: existing outputs are kept.",
-    )
-    parser.add_argument("benchmark", choices=sorted(PREPARERS))
-    parser.add_argument("--src", required=True, help="folder holding the extracted download")
-    parser.add_argument(
-        "--dst", default=None, help=f"datasets root to write into (default ${DATASETS_ENV} or data/)"
-    )
-    parser.add_argument(
-        "--splits", nargs="+", default=["train", "val"], choices=sorted(SPLIT_DIRS), help="splits to prepare"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    try:
-        stats = prepare(
-            args.benchmark,
-            args.src,
-            args.dst,
-            splits=args.splits,
-            overwrite=args.overwrite,
-            show_progress=not args.quiet,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        # A missing or malformed download is the user's to fix: the message says how, a traceback would not.
-        parser.exit(2, f"omtseg prepare: error: {e}\n")
-    print(f"{args.benchmark} -> {datasets_root(args.dst)}: {stats.summary()}")
-    return 0
-
-
-__all__ = ["PREPARERS", "PrepareStats", "main", "prepare"]
+__all__ = ["PREPARERS", "PrepareStats", "prepare"]

@@ -1,21 +1,25 @@
-"""Helpers shared by the prepare commands: locating raw downloads, resumable atomic writes, progress bars.
+"""What the prepare commands share: the per-image loop, locating raw downloads, resumable atomic writes.
 
 Every output file is written atomically (:func:`omtseg.io.atomic_path`), so a file that exists is complete:
-a second run skips it, and an interrupted run resumes where it stopped.
+a second run skips it, and an interrupted run resumes where it stopped. Output paths come from the benchmark
+registry (:func:`output_paths`), the same declaration the datasets read.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+from PIL import Image
 from rich.progress import track
 
+from omtseg.data.benchmark_registry import benchmark_spec
 from omtseg.io import atomic_path, save_image
 
 T = TypeVar("T")
@@ -114,3 +118,75 @@ def is_done(paths: Iterable[Path], overwrite: bool) -> bool:
 def progress(items: Sequence[T], description: str, enabled: bool) -> Iterator[T]:
     """Iterate ``items`` with a rich progress bar on the terminal (none when ``enabled`` is False)."""
     yield from track(items, description=description, disable=not enabled, total=len(items))
+
+
+def output_paths(benchmark: str, split: str, root: str | os.PathLike[str], stem: str) -> tuple[Path, Path]:
+    """Where an image of ``benchmark`` and its label map go under ``root``, as the registry declares them.
+
+    Args:
+        benchmark: a name of :data:`~omtseg.data.benchmark_registry.BENCHMARKS`.
+        split: ``"train"`` or ``"val"``.
+        root: the datasets root written into.
+        stem: the image's file name without suffix.
+
+    Returns:
+        ``(image .jpg, label map)`` paths.
+    """
+    spec = benchmark_spec(benchmark)
+    return (
+        spec.path(spec.images, split, root) / f"{stem}.jpg",
+        spec.path(spec.labels, split, root) / f"{stem}{spec.label_suffix}",
+    )
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image of a semantic benchmark to prepare.
+
+    Attributes:
+        image: where the image goes.
+        label: where its label map goes.
+        make: reads the raw files; returns the image (a raw file to copy as is, or an (H, W[, 3]) uint8 array
+            to encode as JPEG with PIL's defaults) and the (H, W) uint8 or uint16 label map. Called only when
+            an output is missing.
+    """
+
+    image: Path
+    label: Path
+    make: Callable[[], tuple[Path | np.ndarray, np.ndarray]]
+
+    @classmethod
+    def copied(cls, raw: Path, image: Path, label: Path, labels: Callable[[], np.ndarray]) -> LabelledImage:
+        """An image copied as is from the ``raw`` file, with the label map ``labels()``."""
+        return cls(image, label, partial(_raw_and_labels, raw, labels))
+
+
+def _raw_and_labels(raw: Path, labels: Callable[[], np.ndarray]) -> tuple[Path, np.ndarray]:
+    return raw, labels()
+
+
+def write_labelled_images(
+    items: Sequence[LabelledImage], description: str, *, overwrite: bool, show_progress: bool
+) -> PrepareStats:
+    """The prepare loop: each image and its label map are written unless both exist (so runs resume).
+
+    Returns:
+        What was written and kept, as ``images`` and ``labels``.
+    """
+    stats = PrepareStats()
+    for item in progress(items, description, show_progress):
+        if is_done([item.image, item.label], overwrite):
+            stats.count("images", wrote=False)
+            stats.count("labels", wrote=False)
+            continue
+        image, labels = item.make()
+        if isinstance(image, Path):
+            copy_file(image, item.image, stats, overwrite=overwrite)
+        elif overwrite or not item.image.exists():
+            with atomic_path(item.image) as tmp:
+                Image.fromarray(image).save(tmp, format="JPEG")
+            stats.count("images", wrote=True)
+        else:
+            stats.count("images", wrote=False)
+        save_label(labels, item.label, stats, overwrite=overwrite, kind="labels")
+    return stats

@@ -32,8 +32,21 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
-from omtseg.data.benchmark_vocab import SPLIT_DIRS, ade20k_instance_labels, zero_shot_vocabulary
-from omtseg.data.prepare._common import PrepareStats, copy_file, find_raw, progress, require, save_label
+from omtseg.data.benchmark_registry import (
+    SPLIT_DIRS,
+    ade20k_instance_labels,
+    benchmark_spec,
+    zero_shot_vocabulary,
+)
+from omtseg.data.prepare._common import (
+    PrepareStats,
+    copy_file,
+    find_raw,
+    output_paths,
+    progress,
+    require,
+    save_label,
+)
 from omtseg.io import id2rgb, read_image, save_image, save_json
 
 DOWNLOAD = (
@@ -157,8 +170,8 @@ def prepare_ade20k_150(
     ``cleaned_panoptic`` writes the cleaned panoptic JSON (see the module docstring), not the reference's.
     """
     raw = find_raw(src, "ADEChallengeData2016", ["images", "annotations", "annotations_instance"], DOWNLOAD)
-    out = Path(dst) / "ADEChallengeData2016"
-    in_place = out.exists() and out.resolve() == raw.resolve()
+    layout = benchmark_spec("ade20k_150_panoptic")
+    assert layout.panoptic_json and layout.panoptic_dir and layout.instance_json
     vocabulary = zero_shot_vocabulary("ade20k_150")
     instance_labels = ade20k_instance_labels()
     categories = [
@@ -174,20 +187,21 @@ def prepare_ade20k_150(
         files = sorted(p.name for p in image_dir.glob("*.jpg"))
         if not files:
             raise FileNotFoundError(f"No .jpg image in {image_dir}; extract ADEChallengeData2016.zip again.")
-        pan_json = out / f"ade20k_panoptic_{split}.json"
-        ins_json = out / f"ade20k_instance_{split}.json"
+        out_dir = layout.path(layout.images, split, dst)
+        in_place = out_dir.exists() and out_dir.resolve() == image_dir.resolve()
+        pan_json = layout.path(layout.panoptic_json, split, dst)
+        pan_dir = layout.path(layout.panoptic_dir, split, dst)
+        ins_json = layout.path(layout.instance_json, split, dst)
         rebuild_json = overwrite or not (pan_json.exists() and ins_json.exists())
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
         instances: list[dict[str, Any]] = []
         for file_name in progress(files, f"ADE20K-150 {split}", show_progress):
             stem = Path(file_name).stem
+            out_image, sem_png = output_paths("ade20k_150", split, dst, stem)
             if not in_place:
-                copy_file(
-                    image_dir / file_name, out / "images" / split_dir / file_name, stats, overwrite=overwrite
-                )
-            sem_png = out / "annotations_detectron2" / split_dir / f"{stem}.png"
-            pan_png = out / f"ade20k_panoptic_{split}" / f"{stem}.png"
+                copy_file(image_dir / file_name, out_image, stats, overwrite=overwrite)
+            pan_png = pan_dir / f"{stem}.png"
             if not rebuild_json and sem_png.exists() and pan_png.exists():
                 stats.count("semantic", wrote=False)
                 stats.count("panoptic", wrote=False)

@@ -28,15 +28,21 @@ The index is a pickle: load only the file of the official download.
 from __future__ import annotations
 
 import pickle
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from omtseg.data.benchmark_vocab import SPLIT_DIRS, zero_shot_vocabulary
-from omtseg.data.prepare._common import PrepareStats, find_raw, is_done, progress, save_label
+from omtseg.data.benchmark_registry import zero_shot_vocabulary
+from omtseg.data.prepare._common import (
+    LabelledImage,
+    PrepareStats,
+    find_raw,
+    output_paths,
+    write_labelled_images,
+)
 from omtseg.data.prepare.resize import resize_linear, resize_nearest, shrunk_size
-from omtseg.io import atomic_path, read_image
+from omtseg.io import read_image
 
 DOWNLOAD = (
     "https://groups.csail.mit.edu/vision/datasets/ADE20K/ (register, then download ADE20K_2021_17_01.zip)"
@@ -91,42 +97,33 @@ def prepare_ade20k_847(
     """Build ``dst/ADE20K_2021_17_01/{images,annotations}_detectron2`` from the full ADE20K release."""
     raw = find_raw(src, "ADE20K_2021_17_01", ["index_ade20k.pkl"], DOWNLOAD)
     names, folders = _load_index(raw / "index_ade20k.pkl")
-    out = Path(dst) / "ADE20K_2021_17_01"
     table = class_lookup()
-    wanted = {SPLIT_DIRS[s] for s in splits}
     items = []
     for name, folder in zip(names, folders, strict=True):
-        split_dir = "validation" if name.split("_")[1:2] == ["val"] else "training"
-        if split_dir in wanted:
-            items.append((raw.parent / folder / name, split_dir))
-    stats = PrepareStats()
-    for image_path, split_dir in progress(items, "ADE20K-847", show_progress):
-        out_image = out / "images_detectron2" / split_dir / image_path.name
-        out_label = out / "annotations_detectron2" / split_dir / f"{image_path.stem}.tif"
-        if is_done([out_image, out_label], overwrite):
-            stats.count("images", wrote=False)
-            stats.count("labels", wrote=False)
-            continue
-        seg_path = image_path.with_name(f"{image_path.stem}_seg.png")
-        if not image_path.is_file() or not seg_path.is_file():
-            raise FileNotFoundError(
-                f"{image_path if not image_path.is_file() else seg_path} is listed in index_ade20k.pkl but "
-                f"missing; folders are relative to {raw.parent}. Extract the full download there."
-            )
-        image = read_image(image_path, mode="")  # (H, W) grey or (H, W, 3), as the reference reads it
-        if image.ndim == 3 and image.shape[2] != 3:
-            image = read_image(image_path, mode="RGB")
-        class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
-        if class_ids.shape != image.shape[:2]:
-            raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
-        size = shrunk_size(class_ids.shape[0], class_ids.shape[1], MAX_SHORT_SIDE)
-        if size is not None:
-            image, class_ids = resize_linear(image, size), resize_nearest(class_ids, size)
-        if overwrite or not out_image.exists():
-            with atomic_path(out_image) as tmp:
-                Image.fromarray(image).save(tmp, format="JPEG")  # PIL's defaults, as the reference saves
-            stats.count("images", wrote=True)
-        else:
-            stats.count("images", wrote=False)
-        save_label(map_classes(class_ids, table), out_label, stats, overwrite=overwrite, kind="labels")
-    return stats
+        split = "val" if name.split("_")[1:2] == ["val"] else "train"
+        if split in splits:
+            image_path = raw.parent / folder / name
+            image, label = output_paths("ade20k_847", split, dst, image_path.stem)
+            items.append(LabelledImage(image, label, partial(_ade847_image, image_path, raw, table)))
+    return write_labelled_images(items, "ADE20K-847", overwrite=overwrite, show_progress=show_progress)
+
+
+def _ade847_image(image_path: Path, raw: Path, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An ADE20K image and its ADE20K-847 labels, shrunk as the reference script does."""
+    seg_path = image_path.with_name(f"{image_path.stem}_seg.png")
+    if not image_path.is_file() or not seg_path.is_file():
+        raise FileNotFoundError(
+            f"{image_path if not image_path.is_file() else seg_path} is listed in index_ade20k.pkl but "
+            f"missing; folders are relative to {raw.parent}. Extract the full download there."
+        )
+    image = read_image(image_path, mode="")  # (H, W) grey or (H, W, 3), as the reference reads it
+    if image.ndim == 3 and image.shape[2] != 3:
+        image = read_image(image_path, mode="RGB")
+    class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
+    if class_ids.shape != image.shape[:2]:
+        raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
+    size = shrunk_size(class_ids.shape[0], class_ids.shape[1], MAX_SHORT_SIDE)
+    if size is not None:
+        image, class_ids = resize_linear(image, size), resize_nearest(class_ids, size)
+    # The image is re-encoded with PIL's JPEG defaults (quality 75), as the reference saves it.
+    return image, map_classes(class_ids, table)

@@ -19,22 +19,23 @@ as the Detail API's ``getMask`` does); pixels of no annotation, or of a class ou
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_util
 
-from omtseg.data.benchmark_vocab import SPLIT_DIRS, zero_shot_vocabulary
+from omtseg.data.benchmark_registry import zero_shot_vocabulary
 from omtseg.data.prepare._common import (
+    LabelledImage,
     PrepareStats,
-    copy_file,
     find_raw,
-    is_done,
-    progress,
+    output_paths,
     read_split_list,
     require,
-    save_label,
+    write_labelled_images,
 )
 from omtseg.io import load_json
 
@@ -98,26 +99,15 @@ def prepare_pascal_context_59(
     by_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for ann in data["annos_segmentation"]:
         by_image[ann["image_id"]].append(ann)
-    out = Path(dst) / "pascal_ctx_d2"
     wanted = set(splits)
-    images = [img for img in data["images"] if img.get("phase") in wanted]
-    stats = PrepareStats()
-    for img in progress(images, "Pascal Context-59", show_progress):
-        split_dir = SPLIT_DIRS[img["phase"]]
-        stem = Path(img["file_name"]).stem
-        copy_file(
-            raw / "JPEGImages" / img["file_name"],
-            out / "images" / split_dir / img["file_name"],
-            stats,
-            overwrite=overwrite,
-        )
-        out_label = out / "annotations_ctx59" / split_dir / f"{stem}.png"
-        if is_done([out_label], overwrite):
-            stats.count("labels", wrote=False)
-            continue
-        labels = context59_labels(int(img["height"]), int(img["width"]), by_image[img["image_id"]], lookup)
-        save_label(labels, out_label, stats, overwrite=overwrite, kind="labels")
-    return stats
+    items = []
+    for img in data["images"]:
+        if img.get("phase") in wanted:
+            image, label = output_paths("pascal_context_59", img["phase"], dst, Path(img["file_name"]).stem)
+            size, annotations = (int(img["height"]), int(img["width"])), by_image[img["image_id"]]
+            labels = partial(context59_labels, *size, annotations, lookup)
+            items.append(LabelledImage.copied(raw / "JPEGImages" / img["file_name"], image, label, labels))
+    return write_labelled_images(items, "Pascal Context-59", overwrite=overwrite, show_progress=show_progress)
 
 
 def prepare_pascal_context_459(
@@ -137,28 +127,22 @@ def prepare_pascal_context_459(
 
     raw = find_raw(src, "VOCdevkit/VOC2010", ["JPEGImages", "ImageSets/Main"], VOC2010)
     mat_dir = require(raw / "trainval", "PASCAL-Context label maps (VOC2010/trainval/*.mat)", CONTEXT)
-    out = Path(dst) / "pascal_ctx_d2"
     items = []
     for split in splits:
         list_file = require(raw / "ImageSets" / "Main" / f"{split}.txt", f"VOC2010 {split} list", VOC2010)
-        items += [(name, SPLIT_DIRS[split]) for name in read_split_list(list_file)]
-    stats = PrepareStats()
-    for name, split_dir in progress(items, "Pascal Context-459", show_progress):
-        copy_file(
-            raw / "JPEGImages" / f"{name}.jpg",
-            out / "images" / split_dir / f"{name}.jpg",
-            stats,
-            overwrite=overwrite,
-        )
-        out_label = out / "annotations_ctx459" / split_dir / f"{name}.tif"
-        if is_done([out_label], overwrite):
-            stats.count("labels", wrote=False)
-            continue
-        mat = require(mat_dir / f"{name}.mat", f"PASCAL-Context label map of {name}", CONTEXT)
-        contents = loadmat(str(mat))
-        if "LabelMap" not in contents:
-            raise ValueError(f"{mat} has no 'LabelMap'; it is not a PASCAL-Context label file.")
-        save_label(
-            context459_labels(contents["LabelMap"]), out_label, stats, overwrite=overwrite, kind="labels"
-        )
-    return stats
+        for name in read_split_list(list_file):
+            image, label = output_paths("pascal_context_459", split, dst, name)
+            labels = partial(_context459_file, mat_dir, name, loadmat)
+            items.append(LabelledImage.copied(raw / "JPEGImages" / f"{name}.jpg", image, label, labels))
+    return write_labelled_images(
+        items, "Pascal Context-459", overwrite=overwrite, show_progress=show_progress
+    )
+
+
+def _context459_file(mat_dir: Path, name: str, loadmat: Callable[[str], dict[str, Any]]) -> np.ndarray:
+    """Context-459 labels of image ``name`` from its ``.mat`` label map."""
+    mat = require(mat_dir / f"{name}.mat", f"PASCAL-Context label map of {name}", CONTEXT)
+    contents = loadmat(str(mat))
+    if "LabelMap" not in contents:
+        raise ValueError(f"{mat} has no 'LabelMap'; it is not a PASCAL-Context label file.")
+    return context459_labels(contents["LabelMap"])

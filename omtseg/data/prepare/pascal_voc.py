@@ -10,20 +10,19 @@ VOC-20 leaves the background out: background and borders become ignore (255), cl
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from omtseg.data.benchmark_vocab import SPLIT_DIRS
 from omtseg.data.prepare._common import (
+    LabelledImage,
     PrepareStats,
-    copy_file,
     find_raw,
-    is_done,
-    progress,
+    output_paths,
     read_split_list,
     require,
-    save_label,
+    write_labelled_images,
 )
 from omtseg.io import read_image
 
@@ -52,30 +51,24 @@ def prepare_pascal_voc_20(
     raw = find_raw(
         src, "VOCdevkit/VOC2012", ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"], DOWNLOAD
     )
-    out = Path(dst) / "pascal_voc_d2"
     items = []
     for split in splits:
         list_file = require(
             raw / "ImageSets" / "Segmentation" / f"{split}.txt", f"VOC2012 {split} list", DOWNLOAD
         )
-        items += [(name, SPLIT_DIRS[split]) for name in read_split_list(list_file)]
-    stats = PrepareStats()
-    for name, split_dir in progress(items, "Pascal VOC-20", show_progress):
-        copy_file(
-            raw / "JPEGImages" / f"{name}.jpg",
-            out / "images" / split_dir / f"{name}.jpg",
-            stats,
-            overwrite=overwrite,
+        for name in read_split_list(list_file):
+            image, label = output_paths("pascal_voc_20", split, dst, name)
+            raw_image = raw / "JPEGImages" / f"{name}.jpg"
+            items.append(LabelledImage.copied(raw_image, image, label, partial(_voc20_file, raw, name)))
+    return write_labelled_images(items, "Pascal VOC-20", overwrite=overwrite, show_progress=show_progress)
+
+
+def _voc20_file(raw: Path, name: str) -> np.ndarray:
+    """VOC-20 labels of image ``name`` from its ``SegmentationClass`` PNG."""
+    seg = raw / "SegmentationClass" / f"{name}.png"
+    indices = read_image(seg, mode="")
+    if indices.ndim != 2:
+        raise ValueError(
+            f"{seg} is not a palette PNG; use the SegmentationClass folder of the official VOC2012 tar."
         )
-        out_label = out / "annotations_pascal20" / split_dir / f"{name}.png"
-        if is_done([out_label], overwrite):
-            stats.count("labels", wrote=False)
-            continue
-        indices = read_image(raw / "SegmentationClass" / f"{name}.png", mode="")
-        if indices.ndim != 2:
-            raise ValueError(
-                f"{raw / 'SegmentationClass' / f'{name}.png'} is not a palette PNG; use the "
-                "SegmentationClass folder of the official VOC2012 tar."
-            )
-        save_label(voc20_labels(indices), out_label, stats, overwrite=overwrite, kind="labels")
-    return stats
+    return voc20_labels(indices)

@@ -1,4 +1,5 @@
-"""The zero-shot benchmarks: where each one lies under the datasets root, its ignore value and its vocabulary.
+"""The registry of zero-shot benchmarks: where each one lies under the datasets root, its ignore value and its
+vocabulary. The one declaration of the layouts: the datasets read them and ``omtseg prepare`` writes them.
 
 Class lists are text assets in ``omtseg/assets/vocabularies/`` (sources and license in the NOTICE.md beside
 them): one class per line in label order, tab-separated columns, the class's synonyms comma-separated. A model
@@ -44,6 +45,8 @@ class BenchmarkSpec:
         ignore_value: label value that no metric counts (255 or 65535); read as ``IGNORE_INDEX``.
         panoptic_json: COCO-panoptic JSON (panoptic benchmarks only).
         panoptic_dir: folder of the panoptic PNGs (panoptic benchmarks only).
+        instance_json: COCO-instances JSON of the thing segments (written by ``omtseg prepare`` beside the
+            panoptic layout, as Mask2Former's preparation does; AP is computed from the panoptic files).
         prepare: the ``omtseg prepare`` benchmark that builds this layout from the official downloads.
     """
 
@@ -57,6 +60,7 @@ class BenchmarkSpec:
     ignore_value: int
     panoptic_json: str | None = None
     panoptic_dir: str | None = None
+    instance_json: str | None = None
     prepare: str = ""
 
     @property
@@ -91,6 +95,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         title="ADE20K-150 panoptic",
         panoptic_json="ADEChallengeData2016/ade20k_panoptic_{split}.json",
         panoptic_dir="ADEChallengeData2016/ade20k_panoptic_{split}",
+        instance_json="ADEChallengeData2016/ade20k_instance_{split}.json",
     ),
     "ade20k_847": BenchmarkSpec(
         name="ade20k_847",
