@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from omtseg.captioning.captioner import SegmentCaptioner
-from omtseg.captioning.inference import caption_results
+from omtseg.captioning.inference import SegmenterTap, caption_segments
 from omtseg.checkpoint import load_captioner
 from omtseg.evaluation.export import export_panoptic_predictions
 from omtseg.io import load_json, read_image, save_image, save_json
@@ -109,6 +109,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self.caption_max_tokens = caption_max_tokens
         self._vocabulary: Vocabulary | None = None
         self._captioner: SegmentCaptioner | None = None
+        self._tap: SegmenterTap | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
@@ -124,22 +125,31 @@ class PanopticPredictionWriter(BasePredictionWriter):
                 )
             self._captioner = captioner.to(pl_module.device)
 
-    def _caption(self, pl_module: L.LightningModule, prediction: Sequence[ImageResult], batch: Batch) -> None:
-        """Set ``caption`` on every panoptic segment of ``prediction``.
+    def on_predict_batch_start(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # The captioner reads the segmenter's features, which predict_step does not return: a tap keeps
+        # them from predict_step's own pass, so the segmenter runs once per batch.
+        if self._captioner is not None:
+            self._remove_tap()
+            self._tap = SegmenterTap(_segmenter(pl_module))
 
-        The captioner needs the segmenter's features, which ``predict_step`` does not return: the segmenter
-        runs once more here (same weights, eval mode, so the same segments come out).
-        """
-        assert self._captioner is not None
-        captioned = caption_results(
-            _segmenter(pl_module), self._captioner, batch, max_new_tokens=self.caption_max_tokens
-        )
-        for result, other in zip(prediction, captioned, strict=True):
-            if result.panoptic is None or other.panoptic is None:
-                continue
-            texts = {s.id: s.caption for s in other.panoptic.segments}
-            for seg in result.panoptic.segments:
-                seg.caption = texts.get(seg.id)
+    def _remove_tap(self) -> None:
+        if self._tap is not None:
+            self._tap.remove()
+            self._tap = None
+
+    def _caption(self, prediction: list[ImageResult], batch: Batch) -> None:
+        """Set ``caption`` on every panoptic segment of ``prediction`` (from the pass the tap kept)."""
+        assert self._captioner is not None and self._tap is not None
+        captured = self._tap.captured(prediction)
+        self._remove_tap()
+        caption_segments(captured, self._captioner, batch, max_new_tokens=self.caption_max_tokens)
 
     @staticmethod
     def _add_captions(json_path: Path, prediction: Sequence[ImageResult]) -> None:
@@ -172,7 +182,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self._vocabulary = vocabulary
         rank, out = trainer.global_rank, self.output_dir
         if self._captioner is not None:
-            self._caption(pl_module, prediction, batch)
+            self._caption(list(prediction), batch)
         panoptic = [(r.info, r.panoptic) for r in prediction if r.panoptic is not None]
         if panoptic:
             part = export_panoptic_predictions(
@@ -209,6 +219,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
             save_image(picture, out / "overlays" / stem)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_tap()
         parts_dir = self.output_dir / _PARTS
         trainer.strategy.barrier()
         if trainer.is_global_zero and parts_dir.is_dir():

@@ -21,6 +21,7 @@ from omtseg.cli import main as _main
 from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.synthetic import synthetic_vocabulary
 from omtseg.data.vocabulary import read_class_list
+from omtseg.modeling.segmenter import OMTSeg
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -164,7 +165,10 @@ def test_predict_with_a_captioner_writes_captions(trained: tuple[Path, Path]) ->
         "--model.model.init_args.object_threshold", "0.0",
         "--model.model.init_args.overlap_threshold", "0.0",
     ]
-    main(_args("predict", root, root / "predict_cap", *common, "--captioner_ckpt", str(captioner)))
+    predict = OMTSeg.predict
+    with mock.patch.object(OMTSeg, "predict", autospec=True, side_effect=predict) as calls:
+        main(_args("predict", root, root / "predict_cap", *common, "--captioner_ckpt", str(captioner)))
+    assert calls.call_count == 1  # one batch of 2 images: captions come from predict_step's own pass
     annotations = json.loads((out / "panoptic.json").read_text())["annotations"]
     segments = [s for a in annotations for s in a["segments_info"]]
     assert segments and all(isinstance(s["caption"], str) for s in segments)

@@ -42,6 +42,56 @@ class SegmenterPass:
     results: list[ImageResult] | None
 
 
+class SegmenterTap:
+    """Forward hooks that keep what the segmenter computes for the captioner, while they are installed.
+
+    Installing the tap around any segmenter call (``forward`` or ``predict``, such as a LightningModule's
+    ``predict_step``) lets captions be written from that very pass instead of running the segmenter again.
+    """
+
+    def __init__(self, segmenter: OMTSeg) -> None:
+        self._kept: dict[str, Any] = {}
+
+        def keep_features(_module: Any, _inputs: Any, output: tuple[Tensor, list[Tensor]]) -> None:
+            self._kept["mask_features"], self._kept["multi_scale"] = output
+
+        def keep_queries(_module: Any, _inputs: Any, output: Tensor) -> None:
+            # The decoder norms every layer's queries; the last call is the final one.
+            self._kept["queries"] = output
+
+        def keep_masks(_module: Any, _inputs: Any, output: Predictions) -> None:
+            self._kept["mask_logits"] = output.mask_logits
+
+        self._hooks = [
+            segmenter.pixel_decoder.register_forward_hook(keep_features),
+            segmenter.decoder.decoder_norm.register_forward_hook(keep_queries),
+            segmenter.decoder.register_forward_hook(keep_masks),
+        ]
+
+    def captured(self, results: list[ImageResult] | None = None) -> SegmenterPass:
+        """What the last segmenter pass left, with the results it was post-processed into (if any)."""
+        if "mask_logits" not in self._kept:
+            raise RuntimeError("The segmenter has not run since the tap was installed.")
+        return SegmenterPass(
+            multi_scale=self._kept["multi_scale"],
+            queries=self._kept["queries"],
+            mask_logits=self._kept["mask_logits"],
+            results=results,
+        )
+
+    def remove(self) -> None:
+        """Uninstall the hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def __enter__(self) -> SegmenterTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
 @torch.no_grad()
 def segmenter_pass(
     segmenter: OMTSeg, images: Tensor, vocabulary: Vocabulary, batch: Batch | None = None
@@ -55,35 +105,11 @@ def segmenter_pass(
         batch: when given, ``segmenter.predict(batch, ("panoptic",))`` runs instead of ``forward`` and its
             results are kept (``images`` and ``vocabulary`` must be the batch's).
     """
-    kept: dict[str, Any] = {}
-
-    def keep_features(_module: Any, _inputs: Any, output: tuple[Tensor, list[Tensor]]) -> None:
-        kept["mask_features"], kept["multi_scale"] = output
-
-    def keep_queries(_module: Any, _inputs: Any, output: Tensor) -> None:
-        kept["queries"] = output  # the decoder norms every layer's queries; the last call is the final one
-
-    def keep_masks(_module: Any, _inputs: Any, output: Predictions) -> None:
-        kept["mask_logits"] = output.mask_logits
-
-    hooks = [
-        segmenter.pixel_decoder.register_forward_hook(keep_features),
-        segmenter.decoder.decoder_norm.register_forward_hook(keep_queries),
-        segmenter.decoder.register_forward_hook(keep_masks),
-    ]
-    try:
-        results = None if batch is None else segmenter.predict(batch, tasks=("panoptic",))
+    with SegmenterTap(segmenter) as tap:
         if batch is None:
             segmenter(images, vocabulary)
-    finally:
-        for h in hooks:
-            h.remove()
-    return SegmenterPass(
-        multi_scale=kept["multi_scale"],
-        queries=kept["queries"],
-        mask_logits=kept["mask_logits"],
-        results=results,
-    )
+            return tap.captured()
+        return tap.captured(segmenter.predict(batch, tasks=("panoptic",)))
 
 
 def match_queries(mask_logits: Tensor, masks: Tensor, segment_batch_index: Tensor) -> Tensor:
@@ -163,11 +189,37 @@ def caption_results(
     """
     tap = segmenter_pass(segmenter, batch.images, batch.vocabulary, batch)
     assert tap.results is not None
+    return caption_segments(
+        tap, captioner, batch, max_new_tokens=max_new_tokens, num_beams=num_beams, chunk_size=chunk_size
+    )
+
+
+@torch.no_grad()
+def caption_segments(
+    tap: SegmenterPass,
+    captioner: SegmentCaptioner,
+    batch: Batch,
+    *,
+    max_new_tokens: int = 20,
+    num_beams: int = 1,
+    chunk_size: int = 32,
+) -> list[ImageResult]:
+    """Caption every panoptic segment of the results of one segmenter pass (``PanopticSegment.caption``).
+
+    Args:
+        tap: the pass, with its ``results`` at the batch's original sizes (those without panoptic output are
+            left as they are).
+        captioner, batch, max_new_tokens, num_beams, chunk_size: as in :func:`caption_results`.
+
+    Returns:
+        ``tap.results``, each panoptic segment with its caption.
+    """
+    if tap.results is None:
+        raise ValueError("caption_segments needs the pass's post-processed results (SegmenterTap.captured).")
     canvas = _canvas(batch.images)
     masks, index = [], []
     for i, result in enumerate(tap.results):
-        assert result.panoptic is not None
-        for seg in result.panoptic.segments:
+        for seg in result.panoptic.segments if result.panoptic is not None else []:
             masks.append(_to_canvas(result.panoptic.id_map == seg.id, result.info, canvas))
             index.append(i)
     if not masks:
@@ -188,8 +240,7 @@ def caption_results(
         )
     it = iter(captions)
     for result in tap.results:
-        assert result.panoptic is not None
-        for seg in result.panoptic.segments:
+        for seg in result.panoptic.segments if result.panoptic is not None else []:
             seg.caption = next(it)
     return tap.results
 
