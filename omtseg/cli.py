@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "ablate": "omtseg.commands.ablate",
     "eval-all": "omtseg.commands.eval_all",
     "prepare": "omtseg.commands.prepare",
+    "pretrain": "omtseg.commands.pretrain",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
 
