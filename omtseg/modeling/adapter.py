@@ -295,6 +295,7 @@ class VisualAdapter(nn.Module):
         text_embeds: Tensor | None = None,
         text_positions: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> BackboneOutput:
         """Multi-scale features of the images and, with text, the text states.
 
@@ -303,6 +304,8 @@ class VisualAdapter(nn.Module):
             text_embeds: (B, L, D) or (1, L, D) prompt token embeddings, or None.
             text_positions: (B, L) or (L,) long text positions, or None for ``0..L-1``.
             text_padding_mask: (B, L) bool, True at padding, or None.
+            attn_mask: (B or 1, N, N) bool over the joint tokens (vision then text), True where token i may
+                attend to token j, or None (all); without ``cross_modal`` its text block masks the text pass.
 
         Returns:
             features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.
@@ -311,6 +314,7 @@ class VisualAdapter(nn.Module):
         text_input = dict(
             text_embeds=text_embeds, text_positions=text_positions, text_padding_mask=text_padding_mask
         )
+        joint_mask = attn_mask if self.cross_modal else None
         x, vision_len, padding_mask = trunk_input(
             self.backbone, images, cross_modal=self.cross_modal, **text_input
         )
@@ -332,7 +336,7 @@ class VisualAdapter(nn.Module):
             patches = self.injectors[i](x[:, 1:vision_len], inj_ref, c, inj_shapes, inj_starts)
             x = torch.cat([x[:, :1], patches, x[:, vision_len:]], dim=1)
             for block in self.backbone.blocks[first : last + 1]:
-                x = block(x, vision_len=vision_len, padding_mask=padding_mask)
+                x = block(x, vision_len=vision_len, padding_mask=padding_mask, attn_mask=joint_mask)
             patches = x[:, 1:vision_len]  # (B, Np, D)
             last_stage = i == len(self.groups) - 1
             for extractor in [self.extractors[i], *(self.extra_extractors if last_stage else [])]:
@@ -350,5 +354,7 @@ class VisualAdapter(nn.Module):
         levels = [norm(f) for norm, f in zip(self.norms, levels, strict=True)]
         if self.out_proj is not None:
             levels = [proj(f) for proj, f in zip(self.out_proj, levels, strict=True)]
-        text = text_states(self.backbone, x, vision_len, cross_modal=self.cross_modal, **text_input)
+        text = text_states(
+            self.backbone, x, vision_len, cross_modal=self.cross_modal, attn_mask=attn_mask, **text_input
+        )
         return BackboneOutput(features=dict(zip(STRIDES, levels, strict=True)), text=text)

@@ -22,6 +22,14 @@ bounded by one chunk. At the default, COCO (the training vocabulary), ADE20K-150
 pass, as in the paper, and ADE20K-847 takes five; a smaller value (e.g. 256: COCO 3 passes, ADE20K-847 19)
 bounds memory further at the cost of more passes. Small vocabularies are always one chunk.
 
+Text attention (``text_attention`` of the segmenter). ``"sequential"`` is the layout above, the paper's: every
+token attends to every other, so a name's ``<WLS>`` feature depends on the names around it and on its
+position. ``"per_name"``: every entry ``<WLS> name ;`` has its own positions ``0..`` (each name starts at the
+same position), its tokens attend to the image and to their own entry only (block-diagonal text attention,
+:func:`prompt_attention_mask`), and the image attends to all names; a name's feature then depends on no other
+name nor on the order, and any vocabulary runs in one pass. ``"one_way"``: as ``per_name`` but the image
+attends to itself only, so image features do not depend on the vocabulary at all.
+
 Training vocabularies are sampled and shuffled per batch by :func:`sample_vocabulary`, so that no class owns
 a fixed text position.
 """
@@ -53,12 +61,14 @@ class PromptChunk:
         text_positions: (L,) long positions ``0..L-1`` (before the fairseq offset).
         wls_index: (P,) long index in ``text_ids`` of each entry's ``<WLS>`` token.
         prompt_class: (P,) long class index (into the vocabulary) of each entry.
+        entry: (L,) long entry (0..P-1) each token belongs to, -1 for ``<s>``/``</s>``.
     """
 
     text_ids: Tensor
     text_positions: Tensor
     wls_index: Tensor
     prompt_class: Tensor
+    entry: Tensor
 
     def to(self, device: torch.device | str) -> PromptChunk:
         """The same chunk with every tensor on ``device``."""
@@ -67,6 +77,7 @@ class PromptChunk:
             text_positions=self.text_positions.to(device),
             wls_index=self.wls_index.to(device),
             prompt_class=self.prompt_class.to(device),
+            entry=self.entry.to(device),
         )
 
 
@@ -120,12 +131,17 @@ class PromptEncoder(nn.Module):
             self._entry_cache[name] = ids
         return ids
 
-    def tokenize(self, vocabulary: Vocabulary) -> list[PromptChunk]:
+    def tokenize(self, vocabulary: Vocabulary, per_name: bool = False) -> list[PromptChunk]:
         """Prompt chunks covering every synonym of every class of ``vocabulary``, in class order.
+
+        With ``per_name`` there is one chunk, without ``<s>``/``</s>``, whose entries each have positions
+        ``0..len - 1`` (the per-name layouts of the module docstring).
 
         Raises:
             ValueError: one name alone does not fit in a chunk.
         """
+        if per_name:
+            return [self._tokenize_per_name(vocabulary)]
         budget = self.max_text_tokens - 2  # <s> and </s> of each chunk
         chunks: list[PromptChunk] = []
         ids: list[int] = []
@@ -134,12 +150,17 @@ class PromptEncoder(nn.Module):
 
         def close() -> None:
             text = [BOS_ID, *ids, EOS_ID]
+            starts = torch.zeros(len(text), dtype=torch.long)
+            starts[torch.tensor(wls, dtype=torch.long)] = 1
+            entry = starts.cumsum(0) - 1  # (L,) entry of each token; <s> gets -1
+            entry[-1] = -1
             chunks.append(
                 PromptChunk(
                     text_ids=torch.tensor(text, dtype=torch.long),
                     text_positions=torch.arange(len(text)),
                     wls_index=torch.tensor(wls, dtype=torch.long),
                     prompt_class=torch.tensor(classes, dtype=torch.long),
+                    entry=entry,
                 )
             )
 
@@ -160,6 +181,33 @@ class PromptEncoder(nn.Module):
         close()
         return chunks
 
+    def _tokenize_per_name(self, vocabulary: Vocabulary) -> PromptChunk:
+        ids: list[int] = []
+        positions: list[int] = []
+        entry: list[int] = []
+        wls: list[int] = []
+        classes: list[int] = []
+        for k, names in enumerate(vocabulary.synonyms):
+            for name in names:
+                tokens = self.entry_ids(name)
+                if len(tokens) > self.max_text_tokens:
+                    raise ValueError(
+                        f"Class name {name!r} spells to {len(tokens)} tokens, more than the "
+                        f"{self.max_text_tokens} text positions; shorten it."
+                    )
+                wls.append(len(ids))
+                entry.extend([len(classes)] * len(tokens))
+                classes.append(k)
+                positions.extend(range(len(tokens)))
+                ids.extend(tokens)
+        return PromptChunk(
+            text_ids=torch.tensor(ids, dtype=torch.long),
+            text_positions=torch.tensor(positions, dtype=torch.long),
+            wls_index=torch.tensor(wls, dtype=torch.long),
+            prompt_class=torch.tensor(classes, dtype=torch.long),
+            entry=torch.tensor(entry, dtype=torch.long),
+        )
+
     def embed_text(self, text_embedding: nn.Embedding, text_ids: Tensor) -> Tensor:
         """Input embeddings (..., L, D) of ``text_ids`` (..., L) with the learnable vector at every ``<WLS>``.
 
@@ -168,6 +216,22 @@ class PromptEncoder(nn.Module):
         """
         embeds = F.embedding(text_ids, text_embedding.weight)  # (..., L, D)
         return torch.where((text_ids == WLS_ID)[..., None], self.wls.to(embeds.dtype), embeds)
+
+
+def prompt_attention_mask(vision_len: int, entry: Tensor, *, image_attends_text: bool) -> Tensor:
+    """(1, N, N) bool, N = ``vision_len`` + L: who may attend to whom in the per-name layouts.
+
+    Vision tokens attend to each other (and to every text token when ``image_attends_text``); a text token
+    attends to the vision tokens and to the tokens of its own entry (``entry``: (L,) entry index per token).
+    """
+    n = vision_len + entry.numel()
+    allowed = torch.zeros(n, n, dtype=torch.bool, device=entry.device)
+    allowed[:vision_len, :vision_len] = True
+    allowed[vision_len:, :vision_len] = True
+    allowed[vision_len:, vision_len:] = entry[:, None] == entry[None, :]
+    if image_attends_text:
+        allowed[:vision_len, vision_len:] = True
+    return allowed[None]
 
 
 def sample_vocabulary(

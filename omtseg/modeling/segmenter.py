@@ -8,6 +8,11 @@ masks whose queries are scored against those features. Synonyms are then reduced
 per class, the **max** logit over its entries: a class is as present as its best-matching name (averaging
 would let a poor synonym drag a good one down; FC-CLIP reduces templates the same way).
 
+Text attention (``text_attention``, see :mod:`omtseg.modeling.prompts`): ``"sequential"`` is the paper's joint
+prompt (all names in one sequence, full attention); ``"per_name"`` gives each name its own positions and
+lets it attend to the image and itself only, so its feature does not depend on the other names or their
+order, in one pass whatever K; ``"one_way"`` also keeps the image from attending to the names.
+
 Ablation switches: ``cross_modal=False`` encodes the text in a separate text-only BEiT-3 pass (so its features
 are image independent and cached per vocabulary while the weights do not change), ``visual_adapter=False``
 swaps the adapter for a simple deconv/pool pyramid, ``prompt_tuning=False`` freezes the <WLS> vector.
@@ -28,12 +33,13 @@ from omtseg.modeling.backbone.beit3 import BEiT3, beit3_base, beit3_large, beit3
 from omtseg.modeling.frozen_trunk import SIZE_DIVISOR, encode_text
 from omtseg.modeling.pixel_decoder import MSDeformPixelDecoder
 from omtseg.modeling.postprocess import TASKS, image_result
-from omtseg.modeling.prompts import PromptChunk, PromptEncoder
+from omtseg.modeling.prompts import PromptChunk, PromptEncoder, prompt_attention_mask
 from omtseg.modeling.simple_pyramid import SimplePyramid
 from omtseg.modeling.transformer_decoder import OpenVocabDecoder
 from omtseg.types import Batch, ImageResult, Predictions, Vocabulary
 
 BackboneName = Literal["tiny", "base", "large"]
+TextAttention = Literal["sequential", "per_name", "one_way"]
 PRESETS: dict[str, tuple[Callable[..., BEiT3], int]] = {
     # name -> (factory, BEiT-3 heads; ViT-Adapter uses as many deformable heads as the trunk has)
     "tiny": (beit3_tiny, 4),
@@ -80,6 +86,8 @@ class OMTSeg(nn.Module):
             other input sizes resample it.
         activation_checkpointing: recompute BEiT-3 blocks in backward to save memory.
         cross_modal: joint image-text BEiT-3 passes (True, the paper) or a separate text pass (False).
+        text_attention: ``"sequential"`` (the paper's prompt), ``"per_name"`` or ``"one_way"`` (see the
+            module docstring).
         visual_adapter: ViT-Adapter interactions (True, the paper) or a simple pyramid (False).
         prompt_tuning: learn the <WLS> vector (True, the paper) or keep it at its start (False).
         adapter_channels: channels of the backbone pyramid ``f1..f4``; None keeps BEiT-3's width.
@@ -108,6 +116,7 @@ class OMTSeg(nn.Module):
         img_size: int = 224,
         activation_checkpointing: bool = False,
         cross_modal: bool = True,
+        text_attention: TextAttention = "sequential",
         visual_adapter: bool = True,
         prompt_tuning: bool = True,
         adapter_channels: int | None = None,
@@ -162,7 +171,12 @@ class OMTSeg(nn.Module):
             mask_dim=mask_dim,
             text_dim=trunk.embed_dim,
         )
+        if text_attention not in ("sequential", "per_name", "one_way"):
+            raise ValueError(
+                f"text_attention={text_attention!r}; choose 'sequential', 'per_name' or 'one_way'."
+            )
         self.cross_modal = cross_modal
+        self.text_attention = text_attention
         self.object_threshold = object_threshold
         self.overlap_threshold = overlap_threshold
         self.instance_top_k = instance_top_k
@@ -269,7 +283,8 @@ class OMTSeg(nn.Module):
     def _chunks(self, vocabulary: Vocabulary, device: torch.device) -> list[PromptChunk]:
         chunks = self._chunk_cache.get(vocabulary)
         if chunks is None or chunks[0].text_ids.device != device:
-            chunks = [c.to(device) for c in self.prompts.tokenize(vocabulary)]
+            per_name = self.text_attention != "sequential"
+            chunks = [c.to(device) for c in self.prompts.tokenize(vocabulary, per_name=per_name)]
         _remember(self._chunk_cache, vocabulary, chunks, self.vocabulary_cache_size)
         return chunks
 
@@ -282,7 +297,13 @@ class OMTSeg(nn.Module):
         features: dict[str, Tensor] = {}
         wls = []
         for chunk in chunks:
-            out = self.adapter(x, self._text_embeds(chunk), chunk.text_positions)
+            mask = None
+            if self.text_attention != "sequential":
+                vision_len = 1 + (x.shape[-2] // 16) * (x.shape[-1] // 16)  # CLS + patches
+                mask = prompt_attention_mask(
+                    vision_len, chunk.entry, image_attends_text=self.text_attention == "per_name"
+                )
+            out = self.adapter(x, self._text_embeds(chunk), chunk.text_positions, attn_mask=mask)
             assert out.text is not None
             wls.append(out.text[:, chunk.wls_index])  # (B, P_c, D)
             for k, v in out.features.items():
@@ -297,9 +318,13 @@ class OMTSeg(nn.Module):
         cached = self._text_cache.get(key)
         if cached is not None and not self.training and not torch.is_grad_enabled():
             return cached
-        wls = [
-            encode_text(self.backbone, self._text_embeds(c), c.text_positions)[:, c.wls_index] for c in chunks
-        ]
+        wls = []
+        for c in chunks:
+            mask = None
+            if self.text_attention != "sequential":
+                mask = (c.entry[:, None] == c.entry[None, :])[None]  # each name reads itself only
+            states = encode_text(self.backbone, self._text_embeds(c), c.text_positions, attn_mask=mask)
+            wls.append(states[:, c.wls_index])
         text = torch.cat(wls, dim=1)  # (1, P, D)
         if not self.training and not torch.is_grad_enabled():
             _remember(self._text_cache, key, text, self.vocabulary_cache_size)

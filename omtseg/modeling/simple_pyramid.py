@@ -96,6 +96,7 @@ class SimplePyramid(nn.Module):
         text_embeds: Tensor | None = None,
         text_positions: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> BackboneOutput:
         """Multi-scale features ``f1..f4`` and, with text, the text states: the inputs and outputs of
         :meth:`omtseg.modeling.adapter.VisualAdapter.forward`, so either wrapper serves the segmenter."""
@@ -103,13 +104,16 @@ class SimplePyramid(nn.Module):
         text_input = dict(
             text_embeds=text_embeds, text_positions=text_positions, text_padding_mask=text_padding_mask
         )
+        joint_mask = attn_mask if self.cross_modal else None
         x, vision_len, padding_mask = trunk_input(
             self.backbone, images, cross_modal=self.cross_modal, **text_input
         )
         for block in self.backbone.blocks:
-            x = block(x, vision_len=vision_len, padding_mask=padding_mask)
+            x = block(x, vision_len=vision_len, padding_mask=padding_mask, attn_mask=joint_mask)
         patches = self.backbone.final_norm.A(x[:, 1:vision_len])  # (B, Np, D), the vision expert's norm
         grid = patches.transpose(1, 2).unflatten(2, (h // 16, w // 16))  # (B, D, H/16, W/16)
         levels = [proj(resample(grid)) for resample, proj in zip(self.resample, self.project, strict=True)]
-        text = text_states(self.backbone, x, vision_len, cross_modal=self.cross_modal, **text_input)
+        text = text_states(
+            self.backbone, x, vision_len, cross_modal=self.cross_modal, attn_mask=attn_mask, **text_input
+        )
         return BackboneOutput(features=dict(zip(STRIDES, levels, strict=True)), text=text)

@@ -274,16 +274,19 @@ class BEiT3(nn.Module):
         text_positions: Tensor | None = None,
         text_embeds: Tensor | None = None,
         vision_masked_position: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Final token states (B, N, D): CLS, patches, then text; equals torchscale's ``encoder_out``.
 
-        Arguments as in :meth:`embed`.
+        Arguments as in :meth:`embed`, and ``attn_mask`` (B or 1, N, N) bool, True where token i may attend
+        to token j (None: every token attends to every non-padding token, as the official model does; a
+        mask restricts that, e.g. each class name to itself and the image, see ``prompts.py``).
         """
         x, vision_len, padding_mask = self.embed(
             image, text_ids, text_padding_mask, text_positions, text_embeds, vision_masked_position
         )
         for block in self.blocks:
-            x = block(x, vision_len=vision_len, padding_mask=padding_mask)
+            x = block(x, vision_len=vision_len, padding_mask=padding_mask, attn_mask=attn_mask)
         return self.final_norm(x, vision_len)
 
 

@@ -82,8 +82,15 @@ class MultiwayAttention(nn.Module):
         bias = torch.cat([p.bias for p in projs], dim=0)
         return F.linear(x, weight, bias)  # (B, n, 3D)
 
-    def forward(self, x: Tensor, vision_len: int, padding_mask: Tensor | None = None) -> Tensor:
-        """(B, N, D) -> (B, N, D); ``padding_mask`` (B, N) True marks keys to ignore."""
+    def forward(
+        self,
+        x: Tensor,
+        vision_len: int,
+        padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        """(B, N, D) -> (B, N, D); ``padding_mask`` (B, N) True marks keys to ignore; ``attn_mask``
+        (B or 1, N, N) bool, True where query i may attend to key j (see :func:`BEiT3.forward`)."""
         b, n, d = x.shape
         if vision_len >= n:
             qkv = self._qkv(x, "A")
@@ -93,8 +100,10 @@ class MultiwayAttention(nn.Module):
             qkv = torch.cat([self._qkv(x[:, :vision_len], "A"), self._qkv(x[:, vision_len:], "B")], dim=1)
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # (B,h,N,d)
         # SDPA's boolean mask keeps where True: (B, 1, 1, N) broadcast over heads and queries.
-        attn_mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, h, N, d)
+        allowed = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            allowed = attn_mask[:, None] if allowed is None else allowed & attn_mask[:, None]  # (B, 1, N, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.out_proj(self.inner_attn_ln(out, vision_len), vision_len)
 
@@ -127,21 +136,31 @@ class MultiwayBlock(nn.Module):
         self.drop_path_prob = drop_path_prob
         self.activation_checkpointing = activation_checkpointing
 
-    def _forward(self, x: Tensor, vision_len: int, padding_mask: Tensor | None) -> Tensor:
-        h = self.self_attn(self.self_attn_layer_norm(x, vision_len), vision_len, padding_mask)
+    def _forward(
+        self, x: Tensor, vision_len: int, padding_mask: Tensor | None, attn_mask: Tensor | None
+    ) -> Tensor:
+        h = self.self_attn(self.self_attn_layer_norm(x, vision_len), vision_len, padding_mask, attn_mask)
         x = x + drop_path(h, self.drop_path_prob, self.training)
         h = self.ffn(self.final_layer_norm(x, vision_len), vision_len)
         return x + drop_path(h, self.drop_path_prob, self.training)
 
-    def forward(self, x: Tensor, *, vision_len: int, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        vision_len: int,
+        padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
         """(B, N, D) -> (B, N, D). Tokens ``[:vision_len]`` use the vision experts, the rest the text ones.
 
         Args:
             x: (B, N, D) token states, vision tokens first.
             vision_len: number of vision tokens (0 for text only, N for image only).
             padding_mask: (B, N) bool, True at padded tokens (they are never attended to), or None.
+            attn_mask: (B or 1, N, N) bool, True where token i may attend to token j, or None (all).
         """
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             # Recompute the block in backward: activations of the frozen trunk dominate training memory.
-            return checkpoint(self._forward, x, vision_len, padding_mask, use_reentrant=False)
-        return self._forward(x, vision_len, padding_mask)
+            return checkpoint(self._forward, x, vision_len, padding_mask, attn_mask, use_reentrant=False)
+        return self._forward(x, vision_len, padding_mask, attn_mask)
