@@ -27,6 +27,8 @@ class Vocabulary:
         is_thing: per class, True for countable objects (instances), False for stuff.
         category_ids: per class, the dataset's category id (for export); defaults to ``1..K``.
         colors: per class, an RGB color for pictures.
+        groups: per class, the name of an evaluation group (the open-vocabulary world's ``seen``,
+            ``unseen``, ``novel``), so metrics can be reported per group; None when there are none.
     """
 
     names: tuple[str, ...]
@@ -34,15 +36,18 @@ class Vocabulary:
     is_thing: tuple[bool, ...]
     category_ids: tuple[int, ...]
     colors: tuple[tuple[int, int, int], ...]
+    groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         k = len(self.names)
         lengths = {len(self.synonyms), len(self.is_thing), len(self.category_ids), len(self.colors)}
+        if self.groups is not None:
+            lengths.add(len(self.groups))
         if lengths != {k}:
             raise ValueError(
                 f"Vocabulary fields disagree in length (names={k}, synonyms={len(self.synonyms)}, "
                 f"is_thing={len(self.is_thing)}, category_ids={len(self.category_ids)}, "
-                f"colors={len(self.colors)}); give one entry per class."
+                f"colors={len(self.colors)}, groups={len(self.groups or ())}); give one entry per class."
             )
         if k == 0:
             raise ValueError("A vocabulary needs at least one class name.")
@@ -81,6 +86,7 @@ class Vocabulary:
             is_thing=tuple(self.is_thing[i] for i in indices),
             category_ids=tuple(self.category_ids[i] for i in indices),
             colors=tuple(self.colors[i] for i in indices),
+            groups=None if self.groups is None else tuple(self.groups[i] for i in indices),
         )
 
 

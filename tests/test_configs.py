@@ -10,10 +10,13 @@ import pytest
 import yaml
 
 from omtseg.cli import main
+from omtseg.commands.pretrain import build_pretrain_cli
+from omtseg.modeling.backbone.beit3 import BEiT3, beit3_tiny
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = CONFIGS / "demo.yaml"
-FILES = sorted(CONFIGS.rglob("*.yaml"))
+FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "pretrain")
+PRETRAIN_FILES = sorted((CONFIGS / "pretrain").glob("*.yaml"))
 
 
 def _args(path: Path) -> list[str]:
@@ -48,6 +51,25 @@ def test_config_parses_with_print_config(path: Path, capsys: pytest.CaptureFixtu
     assert "${" not in yaml.safe_dump(config)  # every interpolation resolved
     # The schedule always spans the run it belongs to.
     assert config["model"]["scheduler"]["init_args"]["max_steps"] == config["trainer"]["max_steps"]
+
+
+@pytest.mark.parametrize("path", PRETRAIN_FILES, ids=[p.name for p in PRETRAIN_FILES])
+def test_pretrain_config_builds_the_tiny_preset(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with mock.patch.object(sys, "argv", ["omtseg"]), pytest.raises(SystemExit) as exit_info:
+        build_pretrain_cli(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert "${" not in yaml.safe_dump(config)
+    model = config["model"]["init_args"]
+    assert model["scheduler"]["init_args"]["max_steps"] == config["trainer"]["max_steps"]
+    # What `omtseg pretrain` trains is what the segmentation configs' `backbone: tiny` loads.
+    backbone = model["model"]["init_args"]["backbone"]
+    assert backbone["class_path"] == "omtseg.modeling.backbone.beit3.BEiT3"
+    built = BEiT3(**backbone["init_args"])
+    preset = beit3_tiny(img_size=64)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {
+        k: v.shape for k, v in preset.state_dict().items()
+    }
 
 
 def test_paper_recipe(capsys: pytest.CaptureFixture[str]) -> None:

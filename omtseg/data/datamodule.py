@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from omtseg.data.collate import collate
 from omtseg.data.synthetic import make_synthetic_panoptic
 from omtseg.data.transforms import EvalTransform, TrainTransform
 from omtseg.data.vocabulary import read_categories_json
+from omtseg.data.world import make_world_split, world_split_paths
 from omtseg.io import read_image
 from omtseg.types import ImageInfo, Sample, Vocabulary
 
@@ -124,6 +126,29 @@ class SyntheticData:
     seed: int = 0
 
 
+@dataclass
+class WorldData:
+    """Generate the open-vocabulary world's segmentation splits (see :mod:`omtseg.data.world`).
+
+    Attributes:
+        num_train: training images (seen classes only).
+        num_val: validation images (seen classes only).
+        num_test: images of the test split.
+        test_split: what ``test`` evaluates: ``test`` (seen classes), ``unseen`` (unseen compositions among
+            seen classes) or ``novel`` (novel concepts among seen classes); the last two are prompted with
+            all 50 names of the world.
+        image_size: side of the square images, in pixels.
+        seed: the world's seed (the data's, not the run's).
+    """
+
+    num_train: int = 800
+    num_val: int = 60
+    num_test: int = 100
+    test_split: Literal["test", "unseen", "novel"] = "test"
+    image_size: int = 64
+    seed: int = 0
+
+
 class PanopticDataModule(LightningDataModule):
     """Train/val/test splits in COCO panoptic format, and a folder of images to predict on.
 
@@ -134,6 +159,7 @@ class PanopticDataModule(LightningDataModule):
         val: validation split, or None (then fit runs without validation).
         test: test split, or None.
         synthetic: generate train/val/test under ``root`` instead (exclusive with the three above).
+        world: generate the open-vocabulary world's splits under ``root`` instead (exclusive with the others).
         predict_image_dir: folder of images for ``predict`` (relative to the working directory).
         predict_class_names: thing class names to segment at predict time (``"tv, monitor"`` is one
             class with two prompt names); with ``predict_stuff_names``, any vocabulary. Neither: the
@@ -161,6 +187,7 @@ class PanopticDataModule(LightningDataModule):
         val: PanopticSplit | None = None,
         test: PanopticSplit | None = None,
         synthetic: SyntheticData | None = None,
+        world: WorldData | None = None,
         predict_image_dir: str | None = None,
         predict_class_names: list[str] | None = None,
         predict_stuff_names: list[str] | None = None,
@@ -177,16 +204,23 @@ class PanopticDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if synthetic is not None and any(s is not None for s in (train, val, test)):
-            raise ValueError("Give either `synthetic` or the `train`/`val`/`test` splits, not both.")
+        splits_given = any(s is not None for s in (train, val, test))
+        if sum((synthetic is not None, world is not None, splits_given)) > 1:
+            raise ValueError(
+                "Give either `synthetic` or `world` or the `train`/`val`/`test` splits, not several."
+            )
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"Batch sizes must be >= 1, got {batch_size} and {eval_batch_size}.")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}.")
         self.root = Path(root if root is not None else os.environ.get("OMTSEG_DATASETS", "data"))
         self.synthetic = synthetic
+        self.world = world
         if synthetic is not None:
             train, val, test = (self._synthetic_split(split) for split in ("train", "val", "test"))
+        if world is not None:
+            train, val = world_split_paths("", "train"), world_split_paths("", "val")
+            test = world_split_paths("", world.test_split)
         self.splits = {
             name: split.under(self.root) if split is not None else None
             for name, split in (("train", train), ("val", val), ("test", test))
@@ -216,7 +250,12 @@ class PanopticDataModule(LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Write the synthetic dataset when configured (cheap when it already exists)."""
+        """Write the synthetic dataset or the world when configured (cheap when it already exists)."""
+        if self.world is not None:
+            w = self.world
+            for split, n in (("train", w.num_train), ("val", w.num_val), (w.test_split, w.num_test)):
+                if n > 0:
+                    make_world_split(self.root, split, n, image_size=w.image_size, seed=w.seed)
         if self.synthetic is None:
             return
         s = self.synthetic

@@ -120,7 +120,8 @@ def vocabulary_from_categories(
     """A :class:`Vocabulary` from COCO-style category records, in their given order.
 
     Args:
-        categories: records with ``id``, ``name`` and ``isthing`` (0/1); ``color`` ([R, G, B]) optional.
+        categories: records with ``id``, ``name`` and ``isthing`` (0/1); ``color`` ([R, G, B]) optional;
+            ``split`` (an evaluation group such as ``novel``) optional, on all records or none.
         table: raw name -> prompt names overrides (default: the COCO panoptic table).
         source: where the records came from, for error messages.
 
@@ -148,12 +149,16 @@ def vocabulary_from_categories(
             raise ValueError(f"{source}: category #{k} has color {color!r}; give one [R, G, B] triple.")
         colors.append((int(color[0]), int(color[1]), int(color[2])) if color is not None else None)
     fallback = Vocabulary.from_names([f"class {i}" for i in range(len(names))]).colors
+    splits = [cat.get("split") for cat in categories]
+    if any(g is not None for g in splits) and any(g is None for g in splits):
+        raise ValueError(f"{source}: some categories have a 'split' group and some do not; give all or none.")
     return Vocabulary(
         names=tuple(names),
         synonyms=tuple(synonyms),
         is_thing=tuple(is_thing),
         category_ids=tuple(ids),
         colors=tuple(c if c is not None else fallback[i] for i, c in enumerate(colors)),
+        groups=None if splits[0] is None else tuple(str(g) for g in splits),
     )
 
 

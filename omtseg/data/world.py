@@ -25,7 +25,8 @@ Splits written by :func:`make_world` under ``root``:
 * ``unseen``, ``novel``: zero-shot evaluation sets in COCO-panoptic format whose category list is the whole
   world (50 classes, as ADE20K's list holds COCO's and more); every image shows at least one unseen-
   composition (resp. novel) segment among seen ones. Each category carries ``"split"``: ``seen``, ``unseen``
-  or ``novel``, so PQ can be reported per group (:func:`group_pq`).
+  or ``novel``, read into ``Vocabulary.groups``, so PQ is also reported per group
+  (``test/pq_novel``...).
 
 The panoptic layout is :mod:`omtseg.data.synthetic`'s (``images/<split>/``, ``panoptic/<split>/``,
 ``panoptic_<split>.json``), read unchanged by :class:`~omtseg.data.coco_panoptic.CocoPanopticDataset`.
@@ -314,7 +315,9 @@ def captions(
 # ------------------------------------------------------------------------------------------------ files
 
 
-def _split_paths(root: Path, split: str) -> PanopticSplit:
+def world_split_paths(root: str | os.PathLike[str], split: str) -> PanopticSplit:
+    """Where a segmentation split of the world lies under ``root`` (```` gives relative paths)."""
+    root = Path(root)
     return PanopticSplit(
         image_dir=str(root / "images" / split),
         panoptic_dir=str(root / "panoptic" / split),
@@ -380,7 +383,7 @@ def make_world_split(
     image_dir = root / "images" / split
     things, required, tops, grounds = _pools(split)
     key = zlib.crc32(split.encode())
-    paths = _split_paths(root, split)
+    paths = world_split_paths(root, split)
     json_path = root / "captions_pretrain.json" if split == "pretrain" else Path(paths.panoptic_json)
     if split != "pretrain":
         groups = GROUPS if split in ("unseen", "novel") else ("seen",)
@@ -434,32 +437,3 @@ def make_world(
         for split in ("pretrain", *SEG_SPLITS)
         if getattr(sizes, split) > 0
     }
-
-
-def group_pq(per_class: Mapping[int, Mapping[str, float]], categories: Sequence[Mapping[str, Any]]) -> dict:
-    """PQ/SQ/RQ averaged per ``split`` group of ``categories`` (panopticapi's rule: classes with no
-    ground truth and no prediction are left out).
-
-    Args:
-        per_class: category id -> ``{"pq", "sq", "rq", "tp", "fp", "fn"}`` (pq_compute's ``per_class``; the
-            counts decide which classes count; without them every listed class counts).
-        categories: records with ``id`` and ``split``.
-
-    Returns:
-        ``{group: {"pq", "sq", "rq", "n"}}`` in percent, for each group with at least one counted class.
-    """
-    out: dict[str, dict[str, float]] = {}
-    for group in GROUPS:
-        rows = []
-        for c in categories:
-            stats = per_class.get(c["id"])
-            if c.get("split") != group or stats is None:
-                continue
-            if all(k in stats for k in ("tp", "fp", "fn")) and stats["tp"] + stats["fp"] + stats["fn"] == 0:
-                continue
-            rows.append(stats)
-        if rows:
-            out[group] = {k: 100.0 * float(np.mean([r[k] for r in rows])) for k in ("pq", "sq", "rq")} | {
-                "n": len(rows)
-            }
-    return out

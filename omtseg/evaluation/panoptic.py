@@ -254,4 +254,9 @@ class PanopticQuality(Metric):
     def compute(self) -> dict[str, Any]:
         """PQ/SQ/RQ for All, Things and Stuff plus ``per_class``, as :func:`pq_compute` returns them."""
         stats = PQStats(*(t.cpu().numpy() for t in (self.iou, self.tp, self.fp, self.fn)))
-        return summarize(stats, is_thing=self.vocabulary.is_thing, keys=self.vocabulary.category_ids)
+        return summarize(
+            stats,
+            is_thing=self.vocabulary.is_thing,
+            keys=self.vocabulary.category_ids,
+            groups=self.vocabulary.groups,
+        )

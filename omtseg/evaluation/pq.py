@@ -348,7 +348,11 @@ def match_segments(
 
 
 def summarize(
-    stats: PQStats, *, is_thing: Sequence[bool], keys: Sequence[Any] | None = None
+    stats: PQStats,
+    *,
+    is_thing: Sequence[bool],
+    keys: Sequence[Any] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """PQ, SQ, RQ over all classes, things and stuff, in panopticapi's result layout.
 
@@ -356,6 +360,8 @@ def summarize(
         stats: dataset sums over K classes.
         is_thing: (K,) True for thing classes.
         keys: (K,) the ``per_class`` keys (category ids); defaults to the positions ``0..K-1``.
+        groups: (K,) an evaluation group per class (``seen``, ``novel`` ...): each group is averaged like
+            Things and Stuff, under ``results["groups"][name]``.
 
     Returns:
         ``{"All": {"pq", "sq", "rq", "n"}, "Things": ..., "Stuff": ..., "per_class": {key: {"pq", "sq",
@@ -383,20 +389,32 @@ def summarize(
         per_class[keys[k]] = {"pq": pq, "sq": sq, "rq": rq}
         values.append((pq, sq, rq))
 
-    results: dict[str, Any] = {}
-    for group, wanted in (("All", None), ("Things", True), ("Stuff", False)):
-        chosen = [
-            v
-            for v, thing in zip(values, is_thing, strict=True)
-            if v is not None and (wanted is None or bool(thing) == wanted)
-        ]
+    if groups is not None and len(groups) != num_classes:
+        raise ValueError(f"summarize got {num_classes} classes but {len(groups)} groups.")
+
+    def average(chosen: list[tuple[float, float, float]]) -> dict[str, Any]:
         n = len(chosen)
         sums = [sum(v[i] for v in chosen) for i in range(3)]
-        results[group] = {
+        return {
             "pq": sums[0] / n if n else 0.0,
             "sq": sums[1] / n if n else 0.0,
             "rq": sums[2] / n if n else 0.0,
             "n": n,
+        }
+
+    results: dict[str, Any] = {}
+    for group, wanted in (("All", None), ("Things", True), ("Stuff", False)):
+        results[group] = average(
+            [
+                v
+                for v, thing in zip(values, is_thing, strict=True)
+                if v is not None and (wanted is None or bool(thing) == wanted)
+            ]
+        )
+    if groups is not None:
+        results["groups"] = {
+            name: average([v for v, g in zip(values, groups, strict=True) if v is not None and g == name])
+            for name in dict.fromkeys(groups)
         }
     results["per_class"] = per_class
     return results

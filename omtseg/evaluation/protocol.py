@@ -111,13 +111,17 @@ class SegmentationEvaluator:
         return truths
 
     def compute(self) -> dict[str, float]:
-        """The split's numbers in percent: ``pq, sq, rq, pq_th, ..., miou, ap`` (those of its tasks)."""
+        """The split's numbers in percent: ``pq, sq, rq, pq_th, ..., miou, ap`` (those of its tasks), and
+        ``pq_<group>`` for each class group of the vocabulary that has ground truth or predictions."""
         values: dict[str, float] = {}
         if "panoptic" in self.metrics:
             pq = self.metrics["panoptic"].compute()
             for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
                 for name in ("pq", "sq", "rq"):
                     values[f"{name}{suffix}"] = 100.0 * pq[group][name]
+            for group, result in pq.get("groups", {}).items():  # e.g. pq_novel on the world's sets
+                if result["n"]:
+                    values[f"pq_{group}"] = 100.0 * result["pq"]
         if "semantic" in self.metrics:
             values["miou"] = 100.0 * self.metrics["semantic"].compute()["mIoU"]
         if "instance" in self.metrics:

@@ -6,20 +6,20 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from omtseg.data.coco_panoptic import CocoPanopticDataset
 from omtseg.data.world import (
     NOVEL_WORDS,
     UNSEEN_COMPOSITIONS,
-    group_pq,
     make_world_split,
-    world_categories,
     world_classes,
     world_words,
 )
+from omtseg.evaluation.panoptic import PanopticQuality
+from omtseg.evaluation.pq import paint_targets
 from omtseg.io import read_panoptic_ids
+from omtseg.types import PanopticResult, PanopticSegment
 
 
 def _digest(root: Path) -> str:
@@ -103,17 +103,29 @@ def test_captions_cover_every_word(tmp_path: Path) -> None:
     assert set(NOVEL_WORDS) <= words
 
 
-def test_group_pq() -> None:
-    cats = world_categories()
-    novel = [c["id"] for c in cats if c["split"] == "novel"]
-    seen = [c["id"] for c in cats if c["split"] == "seen"]
-    per_class = {
-        novel[0]: {"pq": 0.5, "sq": 1.0, "rq": 0.5, "tp": 1, "fp": 0, "fn": 1},
-        novel[1]: {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0},  # absent: left out
-        seen[0]: {"pq": 0.9, "sq": 0.9, "rq": 1.0, "tp": 2, "fp": 0, "fn": 0},
-    }
-    out = group_pq(per_class, cats)
-    assert out["novel"] == {"pq": 50.0, "sq": 100.0, "rq": 50.0, "n": 1}
-    assert out["seen"]["pq"] == pytest.approx(90.0)
-    assert "unseen" not in out
-    assert np.isclose(out["seen"]["n"], 1)
+def test_groups_reach_the_metrics(tmp_path: Path) -> None:
+    paths = make_world_split(tmp_path, "novel", 12)
+    dataset = CocoPanopticDataset(
+        image_dir=paths.image_dir,
+        panoptic_dir=paths.panoptic_dir,
+        panoptic_json=paths.panoptic_json,
+        categories_json=paths.categories_json,
+    )
+    vocabulary = dataset.vocabulary
+    assert vocabulary.groups is not None and set(vocabulary.groups) == {"seen", "unseen", "novel"}
+    assert vocabulary.subset([0, 5]).groups == (vocabulary.groups[0], vocabulary.groups[5])
+    # Ground truth as the prediction: each group present scores 100; unseen (absent) is not reported.
+    metric = PanopticQuality(vocabulary=vocabulary)
+    targets = [dataset[i].targets for i in range(len(dataset))]
+    preds = []
+    for t in targets:
+        id_map, ids, labels, _ = paint_targets(t)
+        segments = [
+            PanopticSegment(id=int(i), label=int(c), is_thing=vocabulary.is_thing[c], score=1.0, area=1)
+            for i, c in zip(ids, labels, strict=True)
+        ]
+        preds.append(PanopticResult(id_map=id_map, segments=segments))
+    metric.update(preds, targets)
+    groups = metric.compute()["groups"]
+    assert groups["novel"]["pq"] == pytest.approx(1.0) and groups["seen"]["pq"] == pytest.approx(1.0)
+    assert groups["unseen"]["n"] == 0
