@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,11 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.inference import SegmenterTap, caption_segments
 from omtseg.checkpoint import load_captioner
-from omtseg.evaluation.export import export_panoptic_predictions
+from omtseg.evaluation.export import export_panoptic_predictions, semantic_category_map
 from omtseg.io import load_json, read_image, save_image, save_json
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
-from omtseg.visualize import overlay_panoptic, overlay_semantic
+from omtseg.visualize import overlay_result
 
 _PARTS = ".panoptic_parts"
 
@@ -53,11 +52,6 @@ def original_image(image: torch.Tensor, info: ImageInfo) -> np.ndarray:
     if info.flipped:
         content = content.flip(-1)
     return content[0].round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
-
-
-def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
-    """(H, W, ...) -> (scale H, scale W, ...) by pixel repetition (keeps ids and labels exact)."""
-    return array.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 def _segmenter(pl_module: L.LightningModule) -> OMTSeg:
@@ -193,29 +187,19 @@ class PanopticPredictionWriter(BasePredictionWriter):
             )
             if self._captioner is not None:
                 self._add_captions(part, prediction)
-        category_ids = np.asarray(vocabulary.category_ids)
-        dtype = np.uint8 if category_ids.max() < 256 else np.uint16
         for image, result in zip(batch.images, prediction, strict=True):
             stem = Path(result.info.file_name).with_suffix(".png").as_posix()
-            classes = None
             if result.semantic is not None:
-                classes = result.semantic.argmax(0).cpu().numpy()  # (H0, W0) class indices
-                save_image(category_ids[classes].astype(dtype), out / "semantic" / stem)
+                save_image(semantic_category_map(result.semantic, vocabulary), out / "semantic" / stem)
             if not self.overlays:
                 continue
             if self.image_dir is not None:
                 picture = read_image(self.image_dir / result.info.file_name)
             else:
                 picture = original_image(image, result.info)
-            alpha = self.overlay_alpha
-            scale = max(1, -(-self.overlay_min_side // min(picture.shape[:2])))
-            enlarge = partial(_enlarge, scale=scale)
-            if result.panoptic is not None:
-                pan = result.panoptic
-                ids = enlarge(pan.id_map.cpu().numpy())
-                picture = overlay_panoptic(enlarge(picture), ids, pan.segments, vocabulary, alpha=alpha)
-            elif classes is not None:
-                picture = overlay_semantic(enlarge(picture), enlarge(classes), vocabulary, alpha=alpha)
+            picture = overlay_result(
+                picture, result, vocabulary, alpha=self.overlay_alpha, min_side=self.overlay_min_side
+            )
             save_image(picture, out / "overlays" / stem)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from omtseg.types import IGNORE_INDEX, PanopticSegment, Vocabulary
+from omtseg.types import IGNORE_INDEX, ImageResult, PanopticSegment, Vocabulary
 
 _FONT = ImageFont.load_default()
 _SERIES_COLORS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
@@ -159,6 +159,43 @@ def overlay_semantic(
     picture = Image.fromarray(_blend(image, colors, painted, _boundaries(classes), alpha))
     _draw_labels(picture, texts)
     return np.asarray(picture)
+
+
+def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
+    """(H, W, ...) -> (scale H, scale W, ...) by pixel repetition (keeps ids and labels exact)."""
+    return array.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def overlay_result(
+    image: np.ndarray,
+    result: ImageResult,
+    vocabulary: Vocabulary,
+    *,
+    alpha: float = 0.55,
+    min_side: int = 512,
+) -> np.ndarray:
+    """The picture of one image's result: its panoptic segments (else its semantic classes) with names.
+
+    Args:
+        image: (H0, W0, 3) uint8 RGB, the image at the result's size.
+        result: panoptic and/or semantic output at (H0, W0).
+        vocabulary: names and colors.
+        alpha: color opacity.
+        min_side: smaller images are enlarged (whole factors, nearest) until their short side reaches this
+            many pixels, so that class names stay readable on tiny images.
+
+    Returns:
+        (s H0, s W0, 3) uint8 picture, s the enlargement factor (the image itself when nothing to draw).
+    """
+    scale = max(1, -(-min_side // min(image.shape[:2])))
+    if result.panoptic is not None:
+        ids = _enlarge(result.panoptic.id_map.cpu().numpy(), scale)
+        segments = result.panoptic.segments
+        return overlay_panoptic(_enlarge(image, scale), ids, segments, vocabulary, alpha=alpha)
+    if result.semantic is not None:
+        classes = _enlarge(result.semantic.argmax(0).cpu().numpy(), scale)
+        return overlay_semantic(_enlarge(image, scale), classes, vocabulary, alpha=alpha)
+    return image
 
 
 def line_plot(

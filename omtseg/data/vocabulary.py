@@ -7,7 +7,9 @@ Readers, each named for the format it reads:
 - :func:`read_vocabulary_tsv`: the benchmark class lists in ``omtseg/assets/vocabularies/`` (tab-separated
   ``id [isthing R,G,B] names``) -> :class:`Vocabulary`.
 - :func:`read_class_list`: a user's class list for ``omtseg predict --vocabulary_file`` (one class per line,
-  ``stuff:`` prefix for stuff) -> thing and stuff entries.
+  ``stuff:`` prefix for stuff) -> thing and stuff entries; :func:`parse_class_list` reads the same entries
+  given as a list (``omtseg segment --classes``, ``Segmenter(classes=...)``), :func:`class_list_vocabulary`
+  turns them into a :class:`Vocabulary`.
 
 Plain names (``["cat", "tv, monitor"]``) become a vocabulary through :meth:`Vocabulary.from_names`.
 
@@ -243,7 +245,7 @@ def read_class_list(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]
     """Class names from a text file: one class per line, ``"tv, monitor"`` = one class with two names.
 
     A line starting with ``stuff:`` names a stuff class (amorphous regions: sky, grass); other lines name
-    thing classes. Blank lines and lines starting with ``#`` are skipped.
+    thing classes. Blank lines and lines starting with ``#`` are skipped (see :func:`parse_class_list`).
 
     Returns:
         (thing names, stuff names), each entry a comma-separated synonym list.
@@ -255,21 +257,49 @@ def read_class_list(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Vocabulary file not found: {path}. Write one class name per line.")
+    return parse_class_list(path.read_text(encoding="utf-8").splitlines(), source=f"Vocabulary file {path}")
+
+
+def parse_class_list(
+    entries: Sequence[str], *, source: str = "The class list"
+) -> tuple[list[str], list[str]]:
+    """Class entries as a user writes them, one per class: the lines of a vocabulary file, the arguments of
+    ``omtseg segment --classes``, the ``classes=`` of :class:`omtseg.Segmenter`.
+
+    ``"tv, monitor"`` is one class with two names; ``"stuff: sky"`` a stuff class; blank entries and entries
+    starting with ``#`` are skipped.
+
+    Args:
+        entries: one class per entry.
+        source: what the entries come from, for the error message.
+
+    Returns:
+        (thing names, stuff names), each entry a comma-separated synonym list, in the given order.
+
+    Raises:
+        ValueError: the entries name no class.
+    """
     things, stuff = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for entry in entries:
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
             continue
-        if line.lower().startswith("stuff:"):
-            stuff.append(line[len("stuff:") :].strip())
+        if entry.lower().startswith("stuff:"):
+            stuff.append(entry[len("stuff:") :].strip())
         else:
-            things.append(line)
+            things.append(entry)
     if not any(n.strip(" ,") for n in things + stuff):
         raise ValueError(
-            f"Vocabulary file {path} names no class; write one class per line (\"tv, monitor\" for synonyms, "
+            f"{source} names no class; give one class per entry (\"tv, monitor\" for synonyms, "
             "\"stuff: sky\" for stuff)."
         )
     return things, stuff
+
+
+def class_list_vocabulary(things: Sequence[str], stuff: Sequence[str]) -> Vocabulary:
+    """The vocabulary of a user's class list: the things, then the stuff, each in the order given (as
+    ``omtseg predict`` prompts them), category ids ``1..K`` in that order."""
+    return Vocabulary.from_names([*things, *stuff], is_thing=[True] * len(things) + [False] * len(stuff))
 
 
 def category_index(vocabulary: Vocabulary) -> dict[int, int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import Tensor
 
 from omtseg.evaluation.pq import paint_targets
 from omtseg.io import id2rgb, save_image, save_json
@@ -72,6 +73,55 @@ def _check_unique(info: ImageInfo, seen: set[Any], png_names: set[str]) -> str:
     return png
 
 
+def panoptic_annotation(
+    info: ImageInfo, result: PanopticResult, vocabulary: Vocabulary
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One image's panoptic prediction as a COCO panoptic ``annotations`` record and its PNG.
+
+    Args:
+        info: the image (``image_id``; ``file_name`` gives the PNG name, suffix ``.png``).
+        result: ``id_map`` (H0, W0) and its segments (labels index ``vocabulary``).
+        vocabulary: maps labels to category ids.
+
+    Returns:
+        ``{"image_id", "file_name", "segments_info"}`` (area and [x, y, w, h] box measured on the map) and
+        the (H0, W0, 3) uint8 PNG colors ``id = R + 256 G + 256^2 B``.
+
+    Raises:
+        ValueError: a segment listed but absent from the id map, an id in the map with no segment, or a
+            label outside the vocabulary.
+    """
+    id_map = result.id_map.detach().cpu().numpy().astype(np.int64)
+    ids = [s.id for s in result.segments]
+    present = set(np.unique(id_map).tolist()) - {0}
+    if present != set(ids) or len(ids) != len(set(ids)):
+        raise ValueError(
+            f"Image {info.image_id!r}: segment ids {sorted(ids)} do not match the ids in the id map "
+            f"{sorted(present)}; list each segment of the map once and drop empty ones."
+        )
+    labels = [s.label for s in result.segments]
+    if any(not 0 <= label < len(vocabulary) for label in labels):
+        raise ValueError(
+            f"Image {info.image_id!r}: segment labels {labels} fall outside the vocabulary of "
+            f"{len(vocabulary)} classes."
+        )
+    category_ids = [vocabulary.category_ids[label] for label in labels]
+    annotation = {
+        "image_id": info.image_id,
+        "file_name": _png_name(info),
+        "segments_info": _segments_info(id_map, ids, category_ids, [False] * len(ids)),
+    }
+    return annotation, id2rgb(id_map)
+
+
+def semantic_category_map(semantic: Tensor, vocabulary: Vocabulary) -> np.ndarray:
+    """Per-class scores (K, H0, W0) -> the (H0, W0) semantic PNG's values: each pixel's best category id,
+    uint8, or uint16 when an id exceeds 255."""
+    category_ids = np.asarray(vocabulary.category_ids)
+    dtype = np.uint8 if category_ids.max() < 256 else np.uint16
+    return category_ids[semantic.argmax(0).cpu().numpy()].astype(dtype)
+
+
 def export_panoptic_predictions(
     items: Iterable[tuple[ImageInfo, PanopticResult]],
     *,
@@ -101,30 +151,10 @@ def export_panoptic_predictions(
     seen: set[Any] = set()
     png_names: set[str] = set()
     for info, result in items:
-        png = _check_unique(info, seen, png_names)
-        id_map = result.id_map.detach().cpu().numpy().astype(np.int64)
-        ids = [s.id for s in result.segments]
-        present = set(np.unique(id_map).tolist()) - {0}
-        if present != set(ids) or len(ids) != len(set(ids)):
-            raise ValueError(
-                f"Image {info.image_id!r}: segment ids {sorted(ids)} do not match the ids in the id map "
-                f"{sorted(present)}; list each segment of the map once and drop empty ones."
-            )
-        labels = [s.label for s in result.segments]
-        if any(not 0 <= label < len(vocabulary) for label in labels):
-            raise ValueError(
-                f"Image {info.image_id!r}: segment labels {labels} fall outside the vocabulary of "
-                f"{len(vocabulary)} classes."
-            )
-        category_ids = [vocabulary.category_ids[label] for label in labels]
-        save_image(id2rgb(id_map), folder / png)
-        annotations.append(
-            {
-                "image_id": info.image_id,
-                "file_name": png,
-                "segments_info": _segments_info(id_map, ids, category_ids, [False] * len(ids)),
-            }
-        )
+        _check_unique(info, seen, png_names)
+        annotation, png = panoptic_annotation(info, result, vocabulary)
+        save_image(png, folder / annotation["file_name"])
+        annotations.append(annotation)
     save_json({"annotations": annotations, "categories": categories_json(vocabulary)}, json_path)
     return json_path
 
