@@ -322,3 +322,42 @@ def caption_prompt(
         tap.multi_scale, masks, index, query, max_new_tokens=max_new_tokens, num_beams=num_beams
     )[0]
     return caption, chosen
+
+
+@torch.no_grad()
+def caption_masks(
+    segmenter: OMTSeg,
+    captioner: SegmentCaptioner,
+    batch: Batch,
+    masks: Tensor,
+    *,
+    max_new_tokens: int = 20,
+    num_beams: int = 1,
+) -> list[str]:
+    """Caption given regions of a one-image batch, each with the query whose mask overlaps it most.
+
+    Args:
+        segmenter, captioner: as in :func:`caption_results`.
+        batch: one image.
+        masks: (S, H0, W0) bool regions at the image's original size.
+        max_new_tokens, num_beams: decoding settings.
+
+    Returns:
+        S captions.
+    """
+    info = batch.infos[0]
+    if len(batch) != 1 or masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(info.orig_size):
+        raise ValueError(
+            f"Give a one-image batch and (S, H, W) masks at the image's size {tuple(info.orig_size)}; "
+            f"got {len(batch)} images and masks of shape {tuple(masks.shape)}."
+        )
+    if masks.shape[0] == 0:
+        return []
+    tap = segmenter_pass(segmenter, batch.images, batch.vocabulary)
+    canvas = _canvas(batch.images)
+    regions = torch.stack([_to_canvas(m.bool(), info, canvas) for m in masks]).to(tap.mask_logits.device)
+    index = torch.zeros(len(regions), dtype=torch.long, device=regions.device)
+    query = tap.queries[index, match_queries(tap.mask_logits, regions, index)]
+    return captioner.generate(
+        tap.multi_scale, regions, index, query, max_new_tokens=max_new_tokens, num_beams=num_beams
+    )

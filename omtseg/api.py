@@ -1,0 +1,416 @@
+"""``Segmenter``: segment images with your own classes in one call, the Python face of omtseg.
+
+    from omtseg import Segmenter
+    seg = Segmenter.from_checkpoint("model.ckpt", device="cpu")
+    result = seg("photo.jpg", classes=["cat", "dog", "tv, monitor", "stuff: sky"])
+
+Classes are written as in vocabulary files (:func:`omtseg.data.vocabulary.parse_class_list`): one entry per
+class, ``"tv, monitor"`` one class with two names, ``"stuff: sky"`` a stuff class. They are prompted things
+first, then stuff, as ``omtseg predict`` prompts a vocabulary file, so the three give identical results for
+the same checkpoint, images and classes. Images go through the evaluation transform (long side resized to
+``image_size``, padded to a multiple of 32) and results come back at each image's own size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.inference import SegmenterTap, caption_masks, caption_prompt, caption_segments
+from omtseg.checkpoint import check_checkpoint, load_captioner
+from omtseg.data.collate import collate
+from omtseg.data.transforms import EvalTransform
+from omtseg.data.vocabulary import class_list_vocabulary, parse_class_list
+from omtseg.evaluation.export import panoptic_annotation
+from omtseg.io import read_image
+from omtseg.lit_module import OMTSegModule
+from omtseg.modeling.frozen_trunk import SIZE_DIVISOR
+from omtseg.modeling.postprocess import TASKS, masks_to_original
+from omtseg.modeling.segmenter import OMTSeg
+from omtseg.types import Batch, ImageInfo, ImageResult, Sample, Vocabulary
+from omtseg.visualize import overlay_result
+
+ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | Tensor"
+"""A path, a PIL image, an (H, W, 3) / (H, W) array or a (3, H, W) tensor: uint8 0-255, or float 0-1."""
+
+
+def image_array(image: Any) -> np.ndarray:
+    """Any :data:`ImageLike` as (H, W, 3) uint8 RGB.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: an unreadable file, or an array of another shape or value range.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB")).copy()
+    if isinstance(image, Tensor):
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)  # (3, H, W) -> (H, W, 3)
+        image = image.detach().cpu().numpy()
+    if not isinstance(image, np.ndarray):
+        raise ValueError(
+            f"Cannot segment a {type(image).__name__}; give a path, a PIL image, an (H, W, 3) array or a "
+            "(3, H, W) tensor."
+        )
+    array = image[..., None] if image.ndim == 2 else image
+    if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
+        raise ValueError(f"Expected an (H, W, 3) or (H, W) image, got shape {image.shape}.")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"Image values must be uint8 (0-255) or float in [0, 1]; got {array.dtype} in "
+                f"[{array.min()}, {array.max()}]."
+            )
+        array = (array * 255).round().astype(np.uint8)
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+@dataclass
+class SegmentationResult:
+    """One image's segmentation at the image's own size (H, W).
+
+    Attributes:
+        image: (H, W, 3) uint8, the image segmented.
+        vocabulary: the classes, in prompt order (things, then stuff); ``label`` k is ``vocabulary.names[k]``.
+        raw: the post-processed tensors (:class:`~omtseg.types.ImageResult`, on the CPU).
+        embeddings: (S, C) float32, per segment of :attr:`segments` (same order), the decoder's final query
+            embedding of the query whose mask overlaps the segment most (IoU).
+    """
+
+    image: np.ndarray
+    vocabulary: Vocabulary
+    raw: ImageResult
+    embeddings: np.ndarray
+
+    @property
+    def info(self) -> ImageInfo:
+        """The image's name and sizes."""
+        return self.raw.info
+
+    @property
+    def panoptic(self) -> np.ndarray:
+        """(H, W) int32 segment ids (the ``id`` of :attr:`segments`), 0 where no segment."""
+        assert self.raw.panoptic is not None
+        return self.raw.panoptic.id_map.cpu().numpy().astype(np.int32)
+
+    @property
+    def semantic(self) -> np.ndarray:
+        """(H, W) int64 per-pixel class index into :attr:`vocabulary` (the best-scoring class)."""
+        assert self.raw.semantic is not None
+        return self.raw.semantic.argmax(0).cpu().numpy()
+
+    @property
+    def instances(self) -> list[dict[str, Any]]:
+        """Thing instances, best first: ``{"category", "score", "mask" (H, W) bool}``."""
+        assert self.raw.instances is not None
+        inst = self.raw.instances
+        return [
+            {"category": self.vocabulary.names[int(label)], "score": float(score), "mask": mask.cpu().numpy()}
+            for mask, label, score in zip(inst.masks, inst.labels, inst.scores, strict=True)
+        ]
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        """The panoptic segments: ``{"id", "category", "category_id", "score", "area", "bbox" [x, y, w, h],
+        "isthing"}``, plus ``"caption"`` when a captioner described them."""
+        record, _ = self.to_coco()
+        assert self.raw.panoptic is not None
+        out = []
+        for seg, entry in zip(self.raw.panoptic.segments, record["segments_info"], strict=True):
+            item = {
+                "id": seg.id,
+                "category": self.vocabulary.names[seg.label],
+                "category_id": entry["category_id"],
+                "score": round(float(seg.score), 6),
+                "area": entry["area"],
+                "bbox": entry["bbox"],
+                "isthing": bool(seg.is_thing),
+            }
+            if seg.caption is not None:
+                item["caption"] = seg.caption
+            out.append(item)
+        return out
+
+    def overlay(self, *, alpha: float = 0.55, min_side: int = 0) -> Image.Image:
+        """The image with its segments colored and named (and captioned).
+
+        Args:
+            alpha: color opacity.
+            min_side: enlarge small images (whole factors) until their short side has this many pixels.
+        """
+        picture = overlay_result(self.image, self.raw, self.vocabulary, alpha=alpha, min_side=min_side)
+        return Image.fromarray(picture)
+
+    def to_coco(self) -> tuple[dict[str, Any], Image.Image]:
+        """The COCO panoptic ``annotations`` record (``image_id``, ``file_name``, ``segments_info``) and its
+        PNG (ids as R + 256 G + 256^2 B), as ``panoptic.json`` and ``panoptic/`` of ``omtseg predict``."""
+        assert self.raw.panoptic is not None
+        record, png = panoptic_annotation(self.raw.info, self.raw.panoptic, self.vocabulary)
+        return record, Image.fromarray(png)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary: the image's name and size, and its segments."""
+        h, w = self.info.orig_size
+        return {"image_id": self.info.image_id, "file_name": self.info.file_name, "height": h, "width": w,
+                "segments": self.segments}
+
+
+class Segmenter:
+    """A trained OMTSeg ready to segment images with any classes.
+
+    Args:
+        model: the segmenter (set to eval mode; moved to ``device``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        captioner: a captioner for this segmenter; segments are then captioned and :meth:`caption` works.
+        image_size: long side images are resized to before segmenting (the data config's ``eval_size``:
+            640 for COCO-trained models, 64 for the demo's tiny model); None keeps each image's size.
+        batch_size: images per forward pass when a list is segmented.
+        caption_max_tokens: caption length limit in tokens.
+    """
+
+    def __init__(
+        self,
+        model: OMTSeg,
+        *,
+        device: str | torch.device = "cpu",
+        captioner: SegmentCaptioner | None = None,
+        image_size: int | None = 640,
+        batch_size: int = 8,
+        caption_max_tokens: int = 20,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.captioner = None if captioner is None else captioner.to(self.device).eval()
+        self.transform = EvalTransform(size=image_size, size_divisibility=SIZE_DIVISOR)
+        self.batch_size = batch_size
+        self.caption_max_tokens = caption_max_tokens
+        self._vocabularies: OrderedDict[tuple[str, ...], Vocabulary] = OrderedDict()
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        captioner: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> Segmenter:
+        """Load a ``.ckpt`` written by ``omtseg fit`` (its saved config rebuilds the model).
+
+        Args:
+            path: the segmenter checkpoint.
+            device: where to run.
+            captioner: a captioner checkpoint (:func:`omtseg.checkpoint.save_captioner`) for this segmenter.
+            **kwargs: :class:`Segmenter` options (``image_size``, ``batch_size``, ``caption_max_tokens``).
+
+        Raises:
+            FileNotFoundError: a checkpoint (or the BEiT-3 file it refers to) is missing.
+            ValueError: not an omtseg checkpoint, no saved model config, or a captioner for another model.
+        """
+        check_checkpoint(path, need_model_config=True)
+        module = OMTSegModule.load_from_checkpoint(str(path), map_location="cpu")
+        loaded = None
+        if captioner is not None:
+            loaded, config = load_captioner(captioner)
+            width = module.model.decoder.decoder_norm.normalized_shape[0]
+            if config.get("query_dim", 256) != width:
+                raise ValueError(
+                    f"The captioner in {captioner} reads {config.get('query_dim', 256)}-wide decoder queries "
+                    f"but the segmenter in {path} has {width}; use the captioner trained on this segmenter."
+                )
+        return cls(module.model, device=device, captioner=loaded, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ segmenting
+
+    def vocabulary(self, classes: Sequence[str]) -> Vocabulary:
+        """The vocabulary of a class list (cached, so the model's text work is cached with it)."""
+        if isinstance(classes, str):
+            raise ValueError(f"classes must be a list with one entry per class, not the string {classes!r}.")
+        key = tuple(classes)
+        vocabulary = self._vocabularies.get(key)
+        if vocabulary is None:
+            vocabulary = class_list_vocabulary(*parse_class_list(key, source="classes"))
+        self._vocabularies[key] = vocabulary
+        self._vocabularies.move_to_end(key)
+        while len(self._vocabularies) > 32:
+            self._vocabularies.popitem(last=False)
+        return vocabulary
+
+    def __call__(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        classes: Sequence[str],
+        *,
+        names: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        captions: bool | None = None,
+        object_threshold: float | None = None,
+        overlap_threshold: float | None = None,
+        top_k: int | None = None,
+    ) -> SegmentationResult | list[SegmentationResult]:
+        """Segment one image (-> a result) or a list (-> a list of results, batched).
+
+        Args:
+            images: an :data:`ImageLike` or a list of them.
+            classes: one entry per class: ``"cat"``, ``"tv, monitor"`` (synonyms), ``"stuff: sky"``.
+            names: per image, the file name its results carry (COCO ``file_name``; ``image_id`` is its stem);
+                default: a path's file name, else ``image_<i>.png``.
+            batch_size: images per forward pass (default: the segmenter's).
+            captions: caption every segment (default: when a captioner is loaded).
+            object_threshold: panoptic minimum query score (default: the checkpoint's).
+            overlap_threshold: panoptic minimum visible share of a query's mask (default: the checkpoint's).
+            top_k: instances kept per image (default: the checkpoint's).
+        """
+        single = not isinstance(images, (list, tuple))
+        items: list[Any] = [images] if single else list(images)
+        if names is not None and len(names) != len(items):
+            raise ValueError(f"Got {len(names)} names for {len(items)} images; give one name per image.")
+        vocabulary = self.vocabulary(classes)
+        samples = [self.sample(image, self._name(image, i, names)) for i, image in enumerate(items)]
+        size = batch_size or self.batch_size
+        results: list[SegmentationResult] = []
+        for start in range(0, len(samples), size):
+            results += self.segment_samples(
+                samples[start : start + size],
+                vocabulary,
+                captions=captions,
+                object_threshold=object_threshold,
+                overlap_threshold=overlap_threshold,
+                top_k=top_k,
+            )
+        return results[0] if single else results
+
+    @staticmethod
+    def _name(image: Any, index: int, names: Sequence[str] | None) -> str:
+        if names is not None:
+            return names[index]
+        if isinstance(image, (str, os.PathLike)):
+            return Path(image).name
+        return f"image_{index}.png"
+
+    def sample(self, image: ImageLike, name: str) -> tuple[np.ndarray, Sample]:
+        """An image read and transformed for the model: ``(the (H, W, 3) uint8 image, its sample)``."""
+        array = image_array(image)
+        h, w = array.shape[:2]
+        info = ImageInfo(image_id=Path(name).stem, file_name=name, orig_size=(h, w), resized_size=(h, w))
+        sample = Sample(image=torch.tensor(array).permute(2, 0, 1).contiguous(), targets=None, info=info)
+        return array, self.transform(sample)
+
+    @torch.no_grad()
+    def segment_samples(
+        self,
+        samples: Sequence[tuple[np.ndarray, Sample]],
+        vocabulary: Vocabulary,
+        *,
+        captions: bool | None = None,
+        **thresholds: Any,
+    ) -> list[SegmentationResult]:
+        """Segment prepared samples (:meth:`sample`) in one forward pass; see :meth:`__call__`."""
+        batch = collate([s for _, s in samples], vocabulary=vocabulary, size_divisibility=SIZE_DIVISOR)
+        batch = batch.to(self.device)
+        if captions and self.captioner is None:
+            raise ValueError("captions=True needs a captioner: from_checkpoint(..., captioner=...).")
+        with SegmenterTap(self.model) as tap:
+            raw = self.model.predict(batch, tasks=TASKS, **thresholds)
+            passed = tap.captured(raw)
+        if self.captioner is not None and captions is not False:
+            caption_segments(passed, self.captioner, batch, max_new_tokens=self.caption_max_tokens)
+        return [
+            SegmentationResult(
+                image=array,
+                vocabulary=vocabulary,
+                raw=_to_cpu(result),
+                embeddings=_segment_embeddings(result, passed.mask_logits[i], passed.queries[i], batch),
+            )
+            for i, ((array, _), result) in enumerate(zip(samples, raw, strict=True))
+        ]
+
+    # ------------------------------------------------------------------------------------------ captioning
+
+    @torch.no_grad()
+    def caption(
+        self,
+        image: ImageLike,
+        classes: Sequence[str],
+        *,
+        boxes: Sequence[Sequence[float]] = (),
+        points: Sequence[Sequence[float]] = (),
+        masks: np.ndarray | Tensor | None = None,
+    ) -> list[str]:
+        """Captions of the regions a user points at: one per box, then per point, then per mask.
+
+        A point captions the segment under it (the nearest one on void); a box the segment it matches
+        (IoU >= 0.5), else the box region itself; a mask that region.
+
+        Args:
+            image: the image.
+            classes: the classes segments are found with (as in :meth:`__call__`).
+            boxes: ``x0, y0, x1, y1`` in pixels of the image.
+            points: ``x, y`` in pixels of the image.
+            masks: (S, H, W) bool regions at the image's size.
+
+        Raises:
+            ValueError: no captioner, or a point outside the image.
+        """
+        if self.captioner is None:
+            raise ValueError("Captioning needs a captioner: Segmenter.from_checkpoint(..., captioner=...).")
+        _, sample = self.sample(image, "image.png")
+        batch = collate([sample], vocabulary=self.vocabulary(classes), size_divisibility=SIZE_DIVISOR)
+        batch = batch.to(self.device)
+        out = []
+        for prompt in [{"box": b} for b in boxes] + [{"point": p} for p in points]:
+            text, _ = caption_prompt(
+                self.model, self.captioner, batch, **prompt, max_new_tokens=self.caption_max_tokens
+            )
+            out.append(text)
+        if masks is not None:
+            regions = torch.as_tensor(np.asarray(masks), dtype=torch.bool)
+            regions = regions.to(self.device)
+            out += caption_masks(
+                self.model, self.captioner, batch, regions, max_new_tokens=self.caption_max_tokens
+            )
+        return out
+
+
+def _to_cpu(result: ImageResult) -> ImageResult:
+    if result.panoptic is not None:
+        result.panoptic.id_map = result.panoptic.id_map.cpu()
+    if result.semantic is not None:
+        result.semantic = result.semantic.cpu()
+    if result.instances is not None:
+        inst = result.instances
+        inst.masks, inst.labels, inst.scores = inst.masks.cpu(), inst.labels.cpu(), inst.scores.cpu()
+    return result
+
+
+def _segment_embeddings(
+    result: ImageResult, mask_logits: Tensor, queries: Tensor, batch: Batch
+) -> np.ndarray:
+    """(S, C) the query embedding of each panoptic segment: the query whose mask (logit > 0 at the original
+    size) has the highest IoU with the segment. mask_logits: (Q, h, w) on the canvas; queries: (Q, C)."""
+    segments = result.panoptic.segments if result.panoptic is not None else []
+    if not segments:
+        return np.zeros((0, queries.shape[-1]), dtype=np.float32)
+    assert result.panoptic is not None
+    h, w = batch.images.shape[-2:]
+    canvas = (h + (-h % SIZE_DIVISOR), w + (-w % SIZE_DIVISOR))
+    pred = masks_to_original(mask_logits, canvas_hw=canvas, info=result.info) > 0  # (Q, H0, W0)
+    id_map = result.panoptic.id_map.to(pred.device)
+    regions = torch.stack([id_map == s.id for s in segments]).flatten(1).float()  # (S, H0 W0)
+    masks = pred.flatten(1).float()  # (Q, H0 W0)
+    inter = regions @ masks.T  # (S, Q)
+    union = regions.sum(1, keepdim=True) + masks.sum(1)[None] - inter
+    return queries[(inter / union.clamp(min=1)).argmax(1)].float().cpu().numpy()

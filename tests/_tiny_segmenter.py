@@ -1,0 +1,63 @@
+"""A tiny random segmenter checkpoint, as ``omtseg fit`` writes one (saved config included), in seconds.
+
+The demo recipe's model (configs/demo.yaml) with random weights and both panoptic thresholds at 0, so that
+even an untrained model keeps queries and every image gets segments to write, draw and compare.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from omtseg.checkpoint import add_segmenter_entries
+from omtseg.cli import build_cli
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+IMAGE_SIZE = 64
+"""The demo recipe's ``eval_size``: ``omtseg predict --config configs/demo.yaml`` resizes to it."""
+
+RECIPE = [
+    "--config", str(DEMO),
+    "--model.model.init_args.num_decoder_layers", "2",
+    "--model.model.init_args.object_threshold", "0.0",
+    "--model.model.init_args.overlap_threshold", "0.0",
+]
+"""Command-line arguments of the recipe (shared with ``omtseg predict`` in the parity test)."""
+
+
+def make_checkpoint(path: Path, seed: int = 0) -> Path:
+    """Write the checkpoint: the module's state and hyperparameters, and omtseg's entries."""
+    torch.manual_seed(seed)
+    with mock.patch.object(sys, "argv", ["omtseg"]):  # pytest's own argv must not reach the CLI
+        cli = build_cli([*RECIPE, "--trainer.logger", "false"], run=False)
+    checkpoint = {
+        "state_dict": cli.model.state_dict(),
+        "hyper_parameters": dict(cli.model.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    add_segmenter_entries(checkpoint, cli.model.model, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def make_images(folder: Path, count: int = 3, seed: int = 0) -> list[Path]:
+    """``count`` small images of colored rectangles (various sizes and formats) in ``folder``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        h, w = (48, 80) if i % 2 else (64, 64)
+        image = np.full((h, w, 3), rng.integers(0, 256, 3), dtype=np.uint8)
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        image[y : y + h // 2, x : x + w // 2] = rng.integers(0, 256, 3)
+        path = folder / f"img{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
