@@ -37,6 +37,8 @@ COMMANDS: dict[str, str] = {
     "eval-all": "omtseg.commands.eval_all",
     "prepare": "omtseg.commands.prepare",
     "pretrain": "omtseg.commands.pretrain",
+    "segment": "omtseg.commands.segment",
+    "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
 
