@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import lightning as L
@@ -15,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omtseg.checkpoint import add_segmenter_entries
+from omtseg.captioning.captioner import SegmentCaptioner
+from omtseg.captioning.language_model import make_word_level_lm
+from omtseg.checkpoint import add_segmenter_entries, save_captioner
 from omtseg.cli import build_cli
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -61,3 +64,19 @@ def make_images(folder: Path, count: int = 3, seed: int = 0) -> list[Path]:
         Image.fromarray(image).save(path)
         paths.append(path)
     return paths
+
+
+CAPTION_WORDS = ["a", "red", "blue", "square", "on", "the", "sky"]
+
+
+def make_captioner(folder: Path, seed: int = 3) -> Path:
+    """An untrained captioner for the recipe's 64-wide features and queries (``folder/captioner.ckpt``).
+
+    Seed 3 makes one that says words (others may stop at once) and different ones for different regions.
+    """
+    lm = make_word_level_lm(folder / "lm", CAPTION_WORDS, width=32)
+    config: dict[str, Any] = dict(
+        language_model=str(lm), feature_dim=64, query_dim=64, width=32, num_layers=2, num_heads=2, ffn_dim=64
+    )
+    torch.manual_seed(seed)
+    return save_captioner(SegmentCaptioner(**config), config, folder / "captioner.ckpt")

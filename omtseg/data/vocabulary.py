@@ -302,6 +302,15 @@ def class_list_vocabulary(things: Sequence[str], stuff: Sequence[str]) -> Vocabu
     return Vocabulary.from_names([*things, *stuff], is_thing=[True] * len(things) + [False] * len(stuff))
 
 
+def class_entries(vocabulary: Vocabulary) -> list[str]:
+    """A vocabulary as the class entries a user writes (the inverse of :func:`parse_class_list`):
+    ``"tv, monitor"`` for synonyms, ``"stuff: sky"`` for stuff classes, in the vocabulary's order."""
+    return [
+        ("" if thing else "stuff: ") + ", ".join(names)
+        for names, thing in zip(vocabulary.synonyms, vocabulary.is_thing, strict=True)
+    ]
+
+
 def category_index(vocabulary: Vocabulary) -> dict[int, int]:
     """Dataset category id -> contiguous class index into ``vocabulary``."""
     return {cid: k for k, cid in enumerate(vocabulary.category_ids)}
