@@ -55,6 +55,7 @@ SUITES: dict[str, str] = {
     "pq": "benchmarks.pq_speed",
     "vocab_scaling": "benchmarks.vocab_scaling",
     "train_infer": "benchmarks.train_infer",
+    "api_speed": "benchmarks.api_speed",
     "gpu": "benchmarks.gpu",
 }
 
@@ -169,6 +170,10 @@ GOALS: list[Goal] = [
     Goal("train_infer", "demo training step (batch 8, 64 px)", at("train", "step_ms"), unit=" ms"),
     Goal("train_infer", "demo inference per image (batch 10, 64 px)",
          at("inference", "batched", "ms_per_image"), unit=" ms"),
+    Goal("api_speed", "Segmenter API on the demo model, batch 1 (64 px, 11 classes)",
+         at("batch_1", "images_per_s"), unit=" img/s"),
+    Goal("api_speed", "Segmenter API on the demo model, batch 8 (64 px, 11 classes)",
+         at("batch_8", "images_per_s"), unit=" img/s"),
     Goal("gpu", "training images/s (BEiT-3 large, 640 px, bf16)", at("train", "images_per_s"),
          ">=", 40.0, " img/s"),
     Goal("gpu", "inference images/s (133 COCO classes, panoptic)", at("inference", "images_per_s"),
