@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import torch
@@ -220,11 +220,11 @@ class Segmenter:
             FileNotFoundError: a checkpoint (or the BEiT-3 file it refers to) is missing.
             ValueError: not an omtseg checkpoint, no saved model config, or a captioner for another model.
         """
-        check_checkpoint(path, need_model_config=True)
+        check_checkpoint(Path(path), need_model_config=True)
         module = OMTSegModule.load_from_checkpoint(str(path), map_location="cpu")
         loaded = None
         if captioner is not None:
-            loaded, config = load_captioner(captioner)
+            loaded, config = load_captioner(Path(captioner))
             width = module.model.decoder.decoder_norm.normalized_shape[0]
             if config.get("query_dim", 256) != width:
                 raise ValueError(
@@ -275,7 +275,7 @@ class Segmenter:
             top_k: instances kept per image (default: the checkpoint's).
         """
         single = not isinstance(images, (list, tuple))
-        items: list[Any] = [images] if single else list(images)
+        items: list[Any] = [images] if single else list(cast(Sequence[Any], images))
         if names is not None and len(names) != len(items):
             raise ValueError(f"Got {len(names)} names for {len(items)} images; give one name per image.")
         vocabulary = self.vocabulary(classes)
@@ -371,7 +371,8 @@ class Segmenter:
         batch = collate([sample], vocabulary=self.vocabulary(classes), size_divisibility=SIZE_DIVISOR)
         batch = batch.to(self.device)
         out = []
-        for prompt in [{"box": b} for b in boxes] + [{"point": p} for p in points]:
+        prompts: list[dict[str, Any]] = [{"box": b} for b in boxes] + [{"point": p} for p in points]
+        for prompt in prompts:
             text, _ = caption_prompt(
                 self.model, self.captioner, batch, **prompt, max_new_tokens=self.caption_max_tokens
             )

@@ -233,8 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ckpt, device=args.device, captioner=args.captioner, image_size=args.image_size
     )
     server = make_server(SegmentApp(segmenter), args.host, args.port)
-    host, port = server.server_address[:2]
-    print(f"omtseg app: serving on http://{host}:{port}/ (Ctrl+C stops)", flush=True)
+    port = server.server_address[1]
+    print(f"omtseg app: serving on http://{args.host}:{port}/ (Ctrl+C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
