@@ -4,7 +4,9 @@
     omtseg segment photos/ --ckpt model.ckpt --vocabulary classes.txt --out out/ [--captioner captioner.ckpt]
 
 Folders are read one level deep (every file but hidden ones). Outputs under ``--out``, as ``omtseg predict``
-writes them (:mod:`omtseg.callbacks`) and with the same values for the same checkpoint, images and classes:
+writes them (:mod:`omtseg.callbacks`) and with the same values for the same checkpoint, images, classes and
+batches (``--batch-size`` as the recipe's ``eval_batch_size``: another batching changes float rounding, about
+1e-6 in scores):
 
     panoptic.json            COCO panoptic predictions (written at the end)
     panoptic/<name>.png      segment ids as R + 256 G + 256^2 B
