@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-CONFIG ?= configs/demo.yaml
+CONFIG ?= configs/world.yaml
 ABLATE_CONFIG ?= $(CONFIG)
 PYTEST_ARGS ?= -n 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo ablate bench eval-all clean
+.PHONY: help install test lint demo pretrain ablate bench eval-all clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,10 +32,13 @@ lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check omtseg tests benchmarks
 	$(BIN)/mypy omtseg
 
-demo: $(STAMP) ## synthetic data -> train tiny model -> test -> predict -> pictures (outputs/demo)
+demo: $(STAMP) ## open-vocabulary world: pretrain BEiT-3 -> fit on seen classes -> zero-shot test -> pictures
 	$(BIN)/omtseg demo --config $(CONFIG) --out outputs/demo
 
-ablate: $(STAMP) ## full model and the three ablations, same budget and seed (outputs/ablate)
+pretrain: $(STAMP) ## BEiT-3 masked data modeling on the world's captions (data/world/beit3_tiny_world.pth)
+	$(BIN)/omtseg pretrain --config configs/pretrain/world_tiny.yaml --out data/world/beit3_tiny_world.pth
+
+ablate: $(STAMP) ## full model, the three ablations and the random-backbone baseline, 3 seeds (outputs/ablate)
 	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate
 
 bench: $(STAMP) ## performance suite (outputs/bench)

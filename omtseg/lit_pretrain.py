@@ -22,8 +22,8 @@ from torch import Tensor
 from omtseg.data.corpus import CaptionBatch
 from omtseg.io import atomic_path
 from omtseg.modeling.backbone.beit3 import official_state_dict
-from omtseg.modeling.pretraining import BEiT3Pretrainer, mask_patches, mask_text
-from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, PAD_ID, Beit3Tokenizer
+from omtseg.modeling.pretraining import BEiT3Pretrainer, corrupt_text, mask_patches, mask_text
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID, Beit3Tokenizer
 from omtseg.optim import apply_lr_scale, param_groups
 
 PIXEL_MEAN = PIXEL_STD = 127.5  # BEiT-3's normalisation (mean = std = 0.5 on [0, 1]), as the segmenter's
@@ -36,7 +36,10 @@ class BEiT3PretrainModule(L.LightningModule):
         model: the encoder with its heads.
         optimizer: builds the optimizer from parameter groups (AdamW in the configs).
         scheduler: learning-rate schedule stepped every optimizer step; None keeps it constant.
-        text_mask_ratio: share of each caption's tokens masked (BEiT-3: 0.5 on image-text pairs).
+        text_mask_ratio: share of each caption's tokens chosen for prediction (BEiT-3: 0.5 on image-text
+            pairs).
+        keep_ratio: share of the chosen tokens left unchanged (BERT: 0.1; see ``corrupt_text``).
+        replace_ratio: share of the chosen tokens replaced by a random word of the corpus (BERT: 0.1).
         patch_mask_ratio: share of patches masked (BEiT-3: 0.4).
         mim_weight: weight of the masked-image loss beside the masked-language loss.
         max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
@@ -49,6 +52,8 @@ class BEiT3PretrainModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         text_mask_ratio: float = 0.5,
+        keep_ratio: float = 0.0,
+        replace_ratio: float = 0.0,
         patch_mask_ratio: float = 0.4,
         mim_weight: float = 1.0,
         max_text_tokens: int = 64,
@@ -63,6 +68,8 @@ class BEiT3PretrainModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.text_mask_ratio = text_mask_ratio
+        self.keep_ratio = keep_ratio
+        self.replace_ratio = replace_ratio
         self.patch_mask_ratio = patch_mask_ratio
         self.mim_weight = mim_weight
         self.max_text_tokens = max_text_tokens
@@ -106,7 +113,19 @@ class BEiT3PretrainModule(L.LightningModule):
         gh, gw = self.model.beit3.patch_grid((images.shape[-2], images.shape[-1]))
         text_mask = mask_text(ids.cpu(), padding.cpu(), self.text_mask_ratio, generator).to(self.device)
         patch_mask = mask_patches(len(ids), gh * gw, self.patch_mask_ratio, generator).to(self.device)
-        return self.model(images, ids, padding, text_mask, patch_mask)
+        words = self.model.output_ids
+        if words is None:
+            words = torch.arange(4, MASK_ID)  # every piece id (after the 4 specials), none of ours
+        words = words[(words > UNK_ID) & (words < MASK_ID)]  # no specials, no <mask>
+        input_ids = corrupt_text(
+            ids,
+            text_mask,
+            keep=self.keep_ratio,
+            replace=self.replace_ratio,
+            replacement_ids=words,
+            generator=generator,
+        )
+        return self.model(images, ids, padding, text_mask, patch_mask, input_ids=input_ids)
 
     # --------------------------------------------------------------------------------------------- steps
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from omtseg.checkpoint import load_captioner
-from omtseg.commands.ablate import results_table
+from omtseg.commands.ablate import results_table, summarize
 from omtseg.commands.demo import coco_names, region_captions, train_captioner
 from omtseg.commands.runs import learning_curve
-from omtseg.data.synthetic import make_synthetic_panoptic
+from omtseg.data.world import make_world_split
 from omtseg.modeling.segmenter import OMTSeg
 
 
@@ -23,18 +24,21 @@ def test_learning_curve_reads_validation_rows(tmp_path: Path) -> None:
     ]
 
 
-def test_results_table_has_one_row_per_variant_and_dashes_for_missing() -> None:
-    table = results_table(
-        {
-            "full": {"test/pq": 55.04, "test/sq": 80.0, "test/rq": 66.0, "test/pq_th": 50.0,
-                     "test/pq_st": 60.0, "test/miou": 70.0},
-            "no visual adapter": {"test/pq": 20.0, "test/miou": float("nan")},
-        }
-    )
-    lines = table.splitlines()
-    assert lines[0] == "| variant | PQ | SQ | RQ | PQ_th | PQ_st | mIoU |"
-    assert lines[2] == "| full | 55.0 | 80.0 | 66.0 | 50.0 | 60.0 | 70.0 |"
-    assert lines[3] == "| no visual adapter | 20.0 | - | - | - | - | - |"
+def test_ablation_summary_and_table() -> None:
+    runs = {
+        "full": [
+            {"metrics": {"pq_seen": 50.0, "pq_unseen": 30.0, "pq_novel": 20.0, "miou_seen": 60.0}},
+            {"metrics": {"pq_seen": 54.0, "pq_unseen": 34.0, "pq_novel": None, "miou_seen": 62.0}},
+        ],
+        "random backbone (baseline)": [{"metrics": {"pq_seen": 10.0}}],
+    }
+    summary = summarize(runs)
+    assert summary["full"]["pq_seen"] == (52.0, pytest.approx(2.8284271))
+    assert summary["full"]["pq_novel"] == (20.0, 0.0)  # one seed reported it
+    lines = results_table(summary).splitlines()
+    assert lines[0] == "| variant | PQ seen | PQ unseen | PQ novel | mIoU seen | mIoU unseen | mIoU novel |"
+    assert lines[2] == "| full | 52.0 ± 2.8 | 32.0 ± 2.8 | 20.0 ± 0.0 | 61.0 ± 1.4 | - | - |"
+    assert lines[3].startswith("| random backbone (baseline) | 10.0 ± 0.0 | - |")
 
 
 def test_coco_vocabulary_for_the_sample_images() -> None:
@@ -45,13 +49,21 @@ def test_coco_vocabulary_for_the_sample_images() -> None:
 
 def test_train_captioner_saves_a_loadable_captioner_and_scores_val(tmp_path: Path) -> None:
     root = tmp_path / "data"
-    make_synthetic_panoptic(root, 2, image_size=64, seed=1, split="train")
-    make_synthetic_panoptic(root, 1, image_size=64, seed=2, split="val")
+    make_world_split(root, "train", 2, seed=1)
+    make_world_split(root, "val", 1, seed=2)
     torch.manual_seed(0)
     segmenter = OMTSeg(
-        backbone="tiny", img_size=64, adapter_channels=32, conv_dim=32, mask_dim=16,
+        backbone="tiny",
+        img_size=64,
+        adapter_channels=32,
+        conv_dim=32,
+        mask_dim=16,
         num_pixel_decoder_layers=1,
-        hidden_dim=32, num_queries=6, num_decoder_layers=2, num_heads=4, decoder_feedforward=48,
+        hidden_dim=32,
+        num_queries=6,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_feedforward=48,
         pixel_decoder_feedforward=48,
     )
     ckpt = tmp_path / "seg.ckpt"

@@ -14,8 +14,14 @@ import torch.nn.functional as F
 from omtseg.data.corpus import CaptionCorpusDataModule, WorldCorpus
 from omtseg.lit_pretrain import BEiT3PretrainModule
 from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint, official_state_dict
-from omtseg.modeling.pretraining import BEiT3Pretrainer, mask_patches, mask_text, patch_thumbnails
-from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from omtseg.modeling.pretraining import (
+    BEiT3Pretrainer,
+    corrupt_text,
+    mask_patches,
+    mask_text,
+    patch_thumbnails,
+)
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 from omtseg.optim import WarmupDecayLR
 
 sys.path.insert(0, str(Path(__file__).parent / "modeling"))
@@ -32,6 +38,24 @@ def test_mask_text_skips_specials_and_padding() -> None:
         assert m.sum(1).tolist() == [2, 1]  # half of 4 words; at least one of 1
     with pytest.raises(ValueError, match="at least one token"):
         mask_text(torch.tensor([[BOS_ID, EOS_ID]]), torch.zeros(1, 2, dtype=torch.bool), 0.5)
+
+
+def test_corrupt_text_follows_the_shares() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 20, (200, 50), generator=g)
+    chosen = torch.rand(200, 50, generator=g) < 0.5
+    words = torch.tensor([100, 101, 102])
+    out = corrupt_text(ids, chosen, keep=0.1, replace=0.1, replacement_ids=words, generator=g)
+    assert torch.equal(out[~chosen], ids[~chosen])  # only chosen tokens change
+    n = int(chosen.sum())
+    masked = int((out[chosen] == MASK_ID).sum())
+    replaced = int(torch.isin(out[chosen], words).sum())
+    kept = int((out[chosen] == ids[chosen]).sum())
+    assert masked + replaced + kept == n
+    assert abs(masked / n - 0.8) < 0.03 and abs(replaced / n - 0.1) < 0.03 and abs(kept / n - 0.1) < 0.03
+    assert torch.equal(corrupt_text(ids, chosen), ids.masked_fill(chosen, MASK_ID))
+    with pytest.raises(ValueError, match="replacement_ids"):
+        corrupt_text(ids, chosen, replace=0.1)
 
 
 def test_mask_patches_count() -> None:

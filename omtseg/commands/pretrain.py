@@ -5,18 +5,23 @@
 Runs LightningCLI ``fit`` on :class:`~omtseg.lit_pretrain.BEiT3PretrainModule` (any LightningCLI override
 works; ``--ckpt_path last`` resumes step, optimizer and schedule), then writes the encoder in the official
 format to ``--out`` (default ``<trainer.default_root_dir>/beit3_pretrained.pth``), the file segmentation
-configs take as ``model.backbone_weights``.
+configs take as ``model.backbone_weights``, and beside it ``<out>.json``: the config file's sha256, the
+overrides and the final validation metrics, so a later run (``omtseg demo``) can tell whether the file is
+what this config makes (:func:`ensure_pretrained`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from omtseg.io import load_json, save_json
 from omtseg.lit_pretrain import BEiT3PretrainModule
 
 
@@ -34,22 +39,52 @@ def build_pretrain_cli(args: Sequence[str], *, run: bool = True) -> LightningCLI
     )
 
 
+def _record(config: Path, overrides: Sequence[str]) -> dict[str, Any]:
+    return {"config_sha256": hashlib.sha256(config.read_bytes()).hexdigest(), "overrides": list(overrides)}
+
+
+def pretrain(config: Path, out: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Pre-train with ``config`` (+ LightningCLI ``overrides``), write ``out`` and its ``.json`` record.
+
+    Returns:
+        The record: config sha256, overrides and ``metrics`` (the last ``val/*`` values).
+    """
+    if not config.is_file():
+        raise FileNotFoundError(f"Pre-training config not found: {config}.")
+    cli = build_pretrain_cli(["fit", "--config", str(config), *overrides])
+    module = cli.model
+    if not isinstance(module, BEiT3PretrainModule):
+        raise ValueError(f"The config's model is {type(module).__name__}, not a BEiT3PretrainModule.")
+    module.export(out)
+    metrics = {k: round(float(v), 4) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
+    record = {**_record(config, overrides), "metrics": metrics}
+    save_json(record, out.with_suffix(".json"), indent=1)
+    return record
+
+
+def ensure_pretrained(config: Path, out: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Reuse ``out`` when its record says ``config`` (same bytes, same overrides) made it, else pre-train."""
+    sidecar = out.with_suffix(".json")
+    if out.is_file() and sidecar.is_file():
+        record = load_json(sidecar)
+        if {k: record.get(k) for k in ("config_sha256", "overrides")} == _record(config, overrides):
+            return {**record, "reused": True}
+    return {**pretrain(config, out, overrides), "reused": False}
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="omtseg pretrain",
         description="BEiT-3 masked data modeling; writes an official-format .pth (other options go to "
-        "LightningCLI fit: --config, --ckpt_path last, --trainer.max_steps ...).",
+        "LightningCLI fit: --ckpt_path last, --trainer.max_steps ...).",
     )
+    parser.add_argument("--config", type=Path, required=True, help="e.g. configs/pretrain/world_tiny.yaml")
     parser.add_argument("--out", type=Path, default=None, help="where to write the pretrained .pth")
     known, rest = parser.parse_known_args(list(argv))
-    if "--config" not in rest and not any(a.startswith("--config=") for a in rest):
-        parser.error("give a pre-training config, e.g. --config configs/pretrain/world_tiny.yaml")
-    cli = build_pretrain_cli(["fit", *rest])
-    module = cli.model
-    if not isinstance(module, BEiT3PretrainModule):
-        raise ValueError(f"The config's model is {type(module).__name__}, not a BEiT3PretrainModule.")
-    out = known.out or Path(cli.trainer.default_root_dir) / "beit3_pretrained.pth"
-    module.export(out)
-    metrics = {k: round(float(v), 4) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
-    print(f"Pretrained BEiT-3 written to {out} ({metrics})")
+    out = known.out
+    if out is None:
+        cli = build_pretrain_cli(["--config", str(known.config), *rest], run=False)
+        out = Path(cli.trainer.default_root_dir) / "beit3_pretrained.pth"
+    record = pretrain(known.config, out, rest)
+    print(f"Pretrained BEiT-3 written to {out} ({record['metrics']})")
     return 0

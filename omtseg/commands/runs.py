@@ -27,6 +27,19 @@ def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, flo
         ]
 
 
+def zero_shot_test(config_args: list[str], ckpt: str, run_dir: Path, split: str) -> dict[str, float]:
+    """``omtseg test`` of ``ckpt`` on one split of the open-vocabulary world (``test``, ``unseen``,
+    ``novel``); returns the ``test/*`` metrics (``test/pq_novel`` ... for the class groups)."""
+    tested = build_cli(
+        [
+            "test", *config_args, "--ckpt_path", ckpt,
+            "--data.init_args.world.test_split", split,
+            "--trainer.default_root_dir", str(run_dir / f"test_{split}"),
+        ]
+    )
+    return {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}
+
+
 def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
     """Train with ``config_args`` (``--config`` files and overrides), then test the best checkpoint.
 

@@ -85,7 +85,10 @@ def synthetic_region_captions(targets: Targets, vocabulary: Vocabulary) -> list[
     cx = (masks * xs).flatten(1).sum(1) / area
 
     def noun(i: int) -> str:
-        words = [color_name(vocabulary.colors[labels[i]]), vocabulary.names[labels[i]]]
+        name = vocabulary.names[labels[i]]
+        # A name that already says its colour ("red ball" in the open-vocabulary world) is not coloured twice.
+        said = any(word in PALETTE for word in name.split())
+        words = [name] if said else [color_name(vocabulary.colors[labels[i]]), name]
         share = float(area[i]) / (h * w)
         if targets.is_thing[i] and share < SMALL_AREA:
             words.insert(0, "small")

@@ -4,7 +4,7 @@ OMTSeg's claim is that a vision-language pretrained multiway backbone, reading c
 image, segments classes absent from segmentation training. This module builds the smallest honest replica of
 that setting, deterministic from a seed:
 
-* **Words.** Things are named ``"<colour> <shape>"`` (``"red ball"``, 7 colours x 6 shapes); stuff is a
+* **Words.** Things are named ``"<colour> <shape>"`` (``"red ball"``, 5 colours x 4 shapes); stuff is a
   textured region with a name of one or two words (``"grass"``, ``"brick wall"``, 8 kinds).
 * **Novel concepts** (:data:`NOVEL_WORDS`: the colour ``orange``, the shape ``cross``, the stuff ``snow`` and
   ``lava``) occur in captions but in no segmentation label, and never in a segmentation training image, not
@@ -13,7 +13,7 @@ that setting, deterministic from a seed:
   stricter setting).
 * **Unseen compositions** (:data:`UNSEEN_COMPOSITIONS`): seen colour + seen shape pairs that no training
   image shows.
-* **Seen classes**: the other 24 colour-shape pairs and 6 stuff kinds, the analog of COCO's 133.
+* **Seen classes**: the other 9 colour-shape pairs and 6 stuff kinds, the analog of COCO's 133.
 
 Splits written by :func:`make_world` under ``root``:
 
@@ -21,9 +21,9 @@ Splits written by :func:`make_world` under ``root``:
   with two captions each (attributes, sizes, places, relations), covering every word of the world, in COCO
   captions format (``captions_pretrain.json``).
 * ``train``, ``val``, ``test``: segmentation in COCO-panoptic format, seen classes only (their category list
-  is the 30 seen classes).
+  is the 15 seen classes).
 * ``unseen``, ``novel``: zero-shot evaluation sets in COCO-panoptic format whose category list is the whole
-  world (50 classes, as ADE20K's list holds COCO's and more); every image shows at least one unseen-
+  world (28 classes, as ADE20K's list holds COCO's and more); every image shows at least one unseen-
   composition (resp. novel) segment among seen ones. Each category carries ``"split"``: ``seen``, ``unseen``
   or ``novel``, read into ``Vocabulary.groups``, so PQ is also reported per group
   (``test/pq_novel``...).
@@ -47,7 +47,7 @@ from omtseg.data.coco_panoptic import PanopticSplit
 from omtseg.data.render import paint_thing, shape_mask, texture
 from omtseg.io import id2rgb, load_json, save_image, save_json
 
-_VERSION = 1  # bump when rendering or captions change, so stale worlds are regenerated
+_VERSION = 2  # bump when rendering or captions change, so stale worlds are regenerated
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -55,15 +55,11 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 215, 30),
     "green": (40, 165, 55),
     "blue": (40, 80, 225),
-    "purple": (130, 60, 190),
-    "pink": (250, 125, 195),
 }
 SHAPES: dict[str, str] = {  # name -> silhouette (omtseg.data.render.shape_mask)
     "ball": "circle",
     "box": "square",
-    "star": "star",
     "ring": "ring",
-    "cone": "triangle",
     "cross": "cross",
 }
 STUFF: dict[str, tuple[tuple[int, int, int], str, str]] = {  # name -> (colour, texture, place)
@@ -78,7 +74,7 @@ STUFF: dict[str, tuple[tuple[int, int, int], str, str]] = {  # name -> (colour, 
 }
 NOVEL_WORDS = ("orange", "cross", "snow", "lava")
 """Words that appear in captions but in no segmentation label (the analog of ADE20K-only concepts)."""
-UNSEEN_COMPOSITIONS = ("red star", "yellow ring", "green cone", "blue ball", "purple box", "pink star")
+UNSEEN_COMPOSITIONS = ("red ring", "yellow box", "green ball")
 """Pairs of seen words that no segmentation training image shows."""
 GROUPS = ("seen", "unseen", "novel")
 SEG_SPLITS = ("train", "val", "test", "unseen", "novel")
@@ -108,7 +104,7 @@ class WorldClass:
 
 
 def world_classes() -> list[WorldClass]:
-    """All 50 classes: 42 colour-shape things (ids 1-42) then 8 stuff kinds (ids 101-108)."""
+    """All 28 classes: 20 colour-shape things (ids 1-20) then 8 stuff kinds (ids 101-108)."""
     out = []
     for i, (color, rgb) in enumerate(COLORS.items()):
         for j, (shape, silhouette) in enumerate(SHAPES.items()):
@@ -208,7 +204,7 @@ def _render(
     for k in range(n_things):
         cls = must_things[k] if k < len(must_things) else _pick(rng, things)
         for _ in range(30):  # resample until no earlier instance is hidden too much
-            r = rng.uniform(0.13, 0.25) * size
+            r = rng.uniform(0.17, 0.28) * size
             cy, cx = rng.uniform(0.6 * r, size - 0.6 * r, 2)
             m = shape_mask(cls.look, cy, cx, r, rng.uniform(0, np.pi), yy, xx)
             area = int(m.sum())
@@ -254,7 +250,7 @@ _GROUND_PREP = {"water": "in", "lava": "on", "snow": "on"}
 
 
 def _thing_phrase(inst: _Instance, size: int, rng: np.random.Generator) -> str:
-    adjective = "big " if inst.r > 0.2 * size else "small " if inst.r < 0.16 * size else ""
+    adjective = "big " if inst.r > 0.24 * size else "small " if inst.r < 0.2 * size else ""
     words = f"{adjective if rng.random() < 0.7 else ''}{inst.cls.name}"
     return ("an " if words[0] in "aeiou" else "a ") + words
 

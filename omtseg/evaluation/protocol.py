@@ -112,7 +112,8 @@ class SegmentationEvaluator:
 
     def compute(self) -> dict[str, float]:
         """The split's numbers in percent: ``pq, sq, rq, pq_th, ..., miou, ap`` (those of its tasks), and
-        ``pq_<group>`` for each class group of the vocabulary that has ground truth or predictions."""
+        ``pq_<group>``/``miou_<group>`` for each class group of the vocabulary (the world's ``seen``,
+        ``unseen``, ``novel``) that has ground truth (and, for PQ, or predictions)."""
         values: dict[str, float] = {}
         if "panoptic" in self.metrics:
             pq = self.metrics["panoptic"].compute()
@@ -123,7 +124,15 @@ class SegmentationEvaluator:
                 if result["n"]:
                     values[f"pq_{group}"] = 100.0 * result["pq"]
         if "semantic" in self.metrics:
-            values["miou"] = 100.0 * self.metrics["semantic"].compute()["mIoU"]
+            semantic = self.metrics["semantic"].compute()
+            values["miou"] = 100.0 * semantic["mIoU"]
+            groups = self.vocabulary.groups
+            for group in dict.fromkeys(groups or ()):
+                iou = semantic["IoU"]
+                chosen = iou[torch.tensor([g == group for g in groups or ()], device=iou.device)]
+                chosen = chosen[~chosen.isnan()]
+                if chosen.numel():  # classes of the group with ground truth
+                    values[f"miou_{group}"] = 100.0 * chosen.mean().item()
         if "instance" in self.metrics:
             values["ap"] = 100.0 * self.metrics["instance"].compute()["AP"]
         return values

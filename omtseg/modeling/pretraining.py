@@ -59,6 +59,42 @@ def mask_text(
     return _choose(candidates, ratio, generator)
 
 
+def corrupt_text(
+    text_ids: Tensor,
+    text_mask: Tensor,
+    *,
+    keep: float = 0.0,
+    replace: float = 0.0,
+    replacement_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The input of masked language modeling: chosen tokens become ``<mask>``, or stay, or turn random.
+
+    BERT's recipe is ``keep=0.1, replace=0.1`` (80% ``<mask>``); all three kinds are predicted, so the
+    output at a token that *looks* intact must still name the right word: the final states of visible words
+    then carry their identity, which the segmenter reads at the class names. ``keep=replace=0`` masks all.
+
+    Args:
+        text_ids: (B, L) ids.
+        text_mask: (B, L) bool, the tokens to predict.
+        keep: share of them left unchanged.
+        replace: share replaced by a random id of ``replacement_ids``.
+        replacement_ids: (V',) ids to draw replacements from (e.g. the corpus's words).
+    """
+    if keep < 0 or replace < 0 or keep + replace > 1:
+        raise ValueError(f"keep={keep} and replace={replace} must be shares summing to at most 1.")
+    draw = torch.rand(text_ids.shape, generator=generator).to(text_ids.device)
+    out = text_ids.masked_fill(text_mask & (draw >= keep + replace), MASK_ID)
+    if replace > 0:
+        if replacement_ids is None or replacement_ids.numel() == 0:
+            raise ValueError("replace > 0 needs replacement_ids to draw random words from.")
+        pick = torch.randint(replacement_ids.numel(), text_ids.shape, generator=generator)
+        random_ids = replacement_ids.cpu()[pick].to(text_ids.device)
+        swap = text_mask & (draw >= keep) & (draw < keep + replace)
+        out = torch.where(swap, random_ids, out)
+    return out
+
+
 def mask_patches(
     batch: int, num_patches: int, ratio: float, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -154,6 +190,7 @@ class BEiT3Pretrainer(nn.Module):
         padding_mask: Tensor,
         text_mask: Tensor,
         patch_mask: Tensor,
+        input_ids: Tensor | None = None,
     ) -> PretrainLosses:
         """Both masked-modeling losses of a batch of image-caption pairs.
 
@@ -163,9 +200,11 @@ class BEiT3Pretrainer(nn.Module):
             padding_mask: (B, L) bool, True at padding.
             text_mask: (B, L) bool caption tokens to mask and predict (pass 1, image intact).
             patch_mask: (B, N) bool patches to mask and reconstruct (pass 2, caption intact).
+            input_ids: (B, L) the corrupted captions of pass 1 (:func:`corrupt_text`); None puts
+                ``<mask>`` at every position of ``text_mask``.
         """
         num_vision = 1 + patch_mask.shape[1]  # CLS + patches
-        masked_ids = text_ids.masked_fill(text_mask, MASK_ID)
+        masked_ids = text_ids.masked_fill(text_mask, MASK_ID) if input_ids is None else input_ids
         states = self.beit3(image=images, text_ids=masked_ids, text_padding_mask=padding_mask)
         targets = text_ids[text_mask]  # (M,)
         logits, classes = self._mlm_logits(states[:, num_vision:][text_mask], targets)  # (M, V'), (M,)
