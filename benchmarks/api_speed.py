@@ -1,7 +1,8 @@
 """Speed of the Python API (``omtseg.Segmenter``) on the demo model: images/s at batch 1 and batch 8.
 
-The model is the demo recipe's (configs/demo.yaml, built by the CLI's own builder; random weights run as fast
-as trained ones) segmenting 64 px images, the demo's size, with the synthetic world's 11 classes. Timed:
+The model is the demo's tiny model (configs/model/omtseg_tiny.yaml, which configs/demo.yaml and the world
+recipe of `make demo` both use; built by the CLI's own builder, random weights run as fast as trained ones)
+segmenting 64 px images, the demo's size, with the synthetic dataset's 11 classes. Timed:
 the whole call as users make it, ``seg(images, classes=..., batch_size=b)`` and reading every result's
 ``segments`` (image conversion, transform, collate, forward, post-processing of all three tasks, per-segment
 embeddings). The vocabulary's text work is cached after the first call; that first call is reported apart.
