@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: run at least one training at a time.")
-    backbone = ensure_pretrained(args.pretrain_config, args.backbone)
+    needs_backbone = any(v != BASELINE for v in args.variants)
+    backbone = ensure_pretrained(args.pretrain_config, args.backbone) if needs_backbone else {"metrics": {}}
     jobs: dict[tuple[str, int], Any] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for variant in args.variants:
