@@ -22,7 +22,13 @@ from torch import Tensor
 from omtseg.data.corpus import CaptionBatch
 from omtseg.io import atomic_path
 from omtseg.modeling.backbone.beit3 import official_state_dict
-from omtseg.modeling.pretraining import BEiT3Pretrainer, corrupt_text, mask_patches, mask_text
+from omtseg.modeling.pretraining import (
+    BEiT3Pretrainer,
+    PretrainLosses,
+    corrupt_text,
+    mask_patches,
+    mask_text,
+)
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID, Beit3Tokenizer
 from omtseg.optim import apply_lr_scale, param_groups
 
@@ -64,7 +70,7 @@ class BEiT3PretrainModule(L.LightningModule):
                 f"max_text_tokens={max_text_tokens} leaves no room for a word between <s> and </s>."
             )
         self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"])
-        self.model = model
+        self.model: BEiT3Pretrainer = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.text_mask_ratio = text_mask_ratio
@@ -77,6 +83,7 @@ class BEiT3PretrainModule(L.LightningModule):
         self._ids: dict[str, list[int]] = {}
         vocab = model.beit3.text_embed.num_embeddings
         # Masked-token counts of training: the unigram baseline answers their argmax.
+        self.train_token_counts: Tensor
         self.register_buffer("train_token_counts", torch.zeros(vocab, dtype=torch.long))
         self._val = torch.zeros(3, dtype=torch.long)  # correct, unigram correct, total
 
@@ -84,13 +91,13 @@ class BEiT3PretrainModule(L.LightningModule):
 
     def tokenize(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         """(B, L) ids ``<s> caption </s>`` padded with ``<pad>``, and the (B, L) padding mask."""
-        rows = []
+        rows: list[list[int]] = []
         for text in captions:
-            ids = self._ids.get(text)
-            if ids is None:
-                ids = [BOS_ID, *self.tokenizer.encode(text)[: self.max_text_tokens - 2], EOS_ID]
-                self._ids[text] = ids
-            rows.append(ids)
+            row = self._ids.get(text)
+            if row is None:
+                row = [BOS_ID, *self.tokenizer.encode(text)[: self.max_text_tokens - 2], EOS_ID]
+                self._ids[text] = row
+            rows.append(row)
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
         for i, r in enumerate(rows):
@@ -103,11 +110,11 @@ class BEiT3PretrainModule(L.LightningModule):
         self.model.restrict_output(torch.tensor(sorted(ids)))
 
     def on_fit_start(self) -> None:
-        captions = getattr(self.trainer.datamodule, "train_captions", None)
+        captions = getattr(getattr(self.trainer, "datamodule", None), "train_captions", None)
         if captions is not None:
             self.restrict_output_to(captions())
 
-    def _losses(self, batch: CaptionBatch, generator: torch.Generator | None) -> Any:
+    def _losses(self, batch: CaptionBatch, generator: torch.Generator | None) -> PretrainLosses:
         images = (batch.images.float() - PIXEL_MEAN) / PIXEL_STD
         ids, padding = self.tokenize(batch.captions)
         gh, gw = self.model.beit3.patch_grid((images.shape[-2], images.shape[-1]))

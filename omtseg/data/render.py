@@ -21,7 +21,7 @@ def texture(
         raise ValueError(f"Unknown texture {kind!r}; choose one of {TEXTURES}.")
     s = yy.shape[0]
     base = np.asarray(color, dtype=np.float32) + rng.uniform(-10, 10, 3)
-    img = np.broadcast_to(base, (s, s, 3)).copy()
+    img: np.ndarray = np.broadcast_to(base, (s, s, 3)).copy()
     if kind == "gradient":
         img += (40.0 * yy / s)[..., None] + rng.normal(0, 2, (s, s, 1))
     elif kind == "streaks":
@@ -44,8 +44,8 @@ def texture(
         blobs = rng.random((s, s)) < 0.06
         img[blobs] -= (25, 15, 0)
     else:  # cracks: glowing veins on a dark crust
-        phase = rng.uniform(0, 2 * np.pi, 2)
-        vein = np.abs(np.sin(xx / 5.0 + phase[0]) + np.sin(yy / 4.0 + 0.8 * np.sin(xx / 6.0) + phase[1]))
+        phases = rng.uniform(0, 2 * np.pi, 2)
+        vein = np.abs(np.sin(xx / 5.0 + phases[0]) + np.sin(yy / 4.0 + 0.8 * np.sin(xx / 6.0) + phases[1]))
         glow = np.clip(1.0 - vein / 0.35, 0, 1)[..., None]
         img = img * (1 - glow) + np.array([255.0, 215.0, 60.0]) * glow
     return img

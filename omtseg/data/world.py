@@ -384,12 +384,14 @@ def make_world_split(
     if split != "pretrain":
         groups = GROUPS if split in ("unseen", "novel") else ("seen",)
         categories = world_categories(groups)
-        if not Path(paths.categories_json).is_file() or load_json(paths.categories_json) != categories:
-            save_json(categories, paths.categories_json, indent=1)
+        categories_json = Path(str(paths.categories_json))
+        if not categories_json.is_file() or load_json(categories_json) != categories:
+            save_json(categories, categories_json, indent=1)
     if _done(json_path, info, image_dir, names):
         return json_path if split == "pretrain" else paths
 
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for i, name in enumerate(names):
         rng = np.random.default_rng(np.random.SeedSequence([seed, key, i]))
         must = [required[i % len(required)]] if required else []
