@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_segmenter import tiny as tiny_segmenter  # noqa: E402  (tests/modeling is on the test path)
 
 from omtseg.modeling.backbone.beit3 import BEiT3
 from omtseg.modeling.prompts import PromptEncoder, prompt_attention_mask
@@ -32,22 +33,7 @@ def one_thread() -> Iterator[None]:
 
 
 def tiny(**kw: Any) -> OMTSeg:
-    torch.manual_seed(0)
-    return OMTSeg(
-        backbone="tiny",
-        img_size=64,
-        adapter_channels=32,
-        conv_dim=32,
-        mask_dim=16,
-        num_pixel_decoder_layers=1,
-        hidden_dim=32,
-        num_queries=5,
-        num_decoder_layers=2,
-        num_heads=4,
-        decoder_feedforward=48,
-        pixel_decoder_feedforward=48,
-        **kw,
-    ).eval()
+    return tiny_segmenter(**kw).eval()  # the tiny test segmenter, in eval mode
 
 
 def test_per_name_layout() -> None:
