@@ -19,7 +19,7 @@ Every file is read with ``torch.load(weights_only=True)``: hyperparameters must 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,86 @@ def check_checkpoint(path: str | Path, *, need_model_config: bool = False) -> No
             f"{path} holds no saved model config (hyper_parameters['model']); evaluate a checkpoint written "
             "by `omtseg fit`, or run `omtseg test` with the model's config."
         )
+
+
+INFERENCE_SETTINGS = frozenset(
+    {
+        "object_threshold",
+        "overlap_threshold",
+        "instance_top_k",
+        "vocabulary_cache_size",
+        "activation_checkpointing",
+    }
+)
+"""Keys of the segmenter config (``model.init_args``) that do not shape its weights: given for a run on a
+checkpoint, they apply. Every other key of the segmenter is architecture and must match the checkpoint."""
+
+
+def _plain_value(value: Any) -> Any:
+    # Parsed configs hold tuples where saved ones hold lists; compare their contents.
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
+
+
+def merge_module_config(
+    saved: Mapping[str, Any],
+    given: Mapping[str, Any],
+    given_keys: Collection[Sequence[str]],
+    *,
+    path: str | Path,
+) -> dict[str, Any]:
+    """The LightningModule config of a run on a checkpoint: the checkpoint's, with the run's own settings.
+
+    Args:
+        saved: the checkpoint's ``hyper_parameters`` (the module config it was trained with).
+        given: the run's module config (its YAML and command line, parsed).
+        given_keys: the settings the run gives explicitly, as paths without ``init_args``:
+            ``("predict_tasks",)``, ``("model", "object_threshold")``, ``("criterion", "num_points")``;
+            ``("model",)`` gives the whole segmenter config and ``()`` the whole module config.
+        path: the checkpoint, named in messages.
+
+    Returns:
+        ``saved`` (keys it lacks from ``given``) with every given setting applied: the segmenter's
+        :data:`INFERENCE_SETTINGS`, and any module setting outside the segmenter (tasks, criterion,
+        optimizer).
+
+    Raises:
+        ValueError: a given segmenter setting contradicts the checkpoint's architecture (key and both values).
+    """
+    saved = {k: v for k, v in saved.items() if not k.startswith("_")}
+    merged: dict[str, Any] = {**given, **saved}
+    given_model = given.get("model") or {}
+    saved_model = saved.get("model")
+    whole = any(len(k) == 0 or tuple(k) == ("model",) for k in given_keys)
+    top = {k[0] for k in given_keys if k and k[0] != "model"} | (set(given) - {"model"} if whole else set())
+    for key in top:
+        merged[key] = given[key]
+    if not isinstance(saved_model, dict) or not given_model:
+        return merged
+    args = given_model.get("init_args") or {}
+    keys = set(args) if whole else {k[1] for k in given_keys if len(k) > 1 and k[0] == "model"}
+    if whole or ("model", "class_path") in {tuple(k) for k in given_keys}:
+        old, new = saved_model.get("class_path"), given_model.get("class_path")
+        if old != new:
+            raise ValueError(
+                f"model.model.class_path is {new!r} for this run but the checkpoint {path} holds a {old!r}."
+            )
+    saved_args = dict(saved_model.get("init_args") or {})
+    for key in sorted(keys - {"class_path"}):
+        if key in INFERENCE_SETTINGS or key not in saved_args:
+            saved_args[key] = args[key]
+        elif _plain_value(saved_args[key]) != _plain_value(args[key]):
+            raise ValueError(
+                f"model.model.init_args.{key} is {args[key]!r} for this run but the checkpoint {path} was "
+                f"trained with {saved_args[key]!r}; the architecture comes from the checkpoint: leave the "
+                f"option out (or give {saved_args[key]!r}). Settings that may differ: "
+                f"{', '.join(sorted(INFERENCE_SETTINGS))}."
+            )
+    merged["model"] = {**saved_model, "init_args": saved_args}
+    return merged
 
 
 def check_state_fits(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> None:

@@ -17,6 +17,7 @@ segmenter) adds a caption to every predicted segment, in ``panoptic.json`` and i
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 from collections.abc import Sequence
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from omtseg.callbacks import PanopticPredictionWriter
-from omtseg.checkpoint import check_checkpoint
+from omtseg.checkpoint import check_checkpoint, merge_module_config, read_checkpoint
 from omtseg.data.vocabulary import read_class_list
 from omtseg.lit_module import OMTSegModule
 
@@ -87,8 +89,20 @@ TRAINER_DEFAULTS: dict[str, list[dict[str, Any]]] = {
 run values: device, precision, length); a trainer file or the command line may still replace them."""
 
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+"""Lightning's own names for checkpoints of this run: not files to check."""
+
+
 class OMTSegCLI(LightningCLI):
-    """LightningCLI over :class:`OMTSegModule` and any ``LightningDataModule`` (``data.class_path``)."""
+    """LightningCLI over :class:`OMTSegModule` and any ``LightningDataModule`` (``data.class_path``).
+
+    With ``--ckpt_path FILE`` the module is built from the checkpoint's saved config (a recipe's model
+    section is then a placeholder), plus the settings the command line gives: inference settings and tasks
+    apply, an architecture that contradicts the checkpoint is refused
+    (:func:`~omtseg.checkpoint.merge_module_config`), and ``--print_config`` prints that merged config.
+    """
+
+    _run_model: Any = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({f"trainer.{key}": value for key, value in TRAINER_DEFAULTS.items()})
@@ -108,11 +122,38 @@ class OMTSegCLI(LightningCLI):
             "--ckpt_path: predict then captions every segment; sets prediction_writer.captioner_ckpt.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        given = sys.argv[1:] if args is None else args
+        argv: list[str] = list(given) if isinstance(given, (list, tuple)) else []
+        printing = [a for a in argv if a.split("=", 1)[0] == "--print_config"]
+        if printing:
+            # Printed below, once the checkpoint's config is merged: the printed config is the one that runs.
+            self.config = parser.parse_args([a for a in argv if a not in printing])
+        else:
+            super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        if subcommand and _checkpoint_file(config):
+            # omtseg's check (a clear message) comes before anything reads the file.
+            check_checkpoint(config.ckpt_path)
+            saved = read_checkpoint(config.ckpt_path, header_only=True).get("hyper_parameters") or {}
+            if saved and argv:
+                keys = _given_module_keys(argv[argv.index(subcommand) + 1 :])
+                merged = merge_module_config(saved, config.model.as_dict(), keys, path=config.ckpt_path)
+                self.config = parser.parse_object({subcommand: {"model": merged}}, self.config)
+                self._run_model = copy.deepcopy(self.config[subcommand].model)
+        if printing:
+            if self._run_model is None:
+                parser.parse_args(argv)  # jsonargparse prints and exits
+            dumped = yaml.safe_load(parser.dump(self.config, skip_none=False))
+            print(yaml.safe_dump(dumped[subcommand] if subcommand else dumped, sort_keys=False), end="")
+            raise SystemExit(0)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        # Lightning's own names for checkpoints of this run ("last", "best") are not files to check.
-        if config.get("ckpt_path") and config.ckpt_path not in ("last", "best", "hpc", "registry"):
-            check_checkpoint(config.ckpt_path)
+        if self._run_model is not None:
+            # LightningCLI has put the checkpoint's saved config back over the settings this run gives.
+            config.model = self._run_model
         trainer = config.trainer
         if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # The configs ship a RichProgressBar; asking for no bar should not be an error.
@@ -134,6 +175,24 @@ class OMTSegCLI(LightningCLI):
                 f"{config.data.class_path} has none."
             )
         data.predict_class_names, data.predict_stuff_names = things, stuff
+
+
+def _checkpoint_file(config: Any) -> bool:
+    """True when the run names a checkpoint file (not one of :data:`LIGHTNING_CKPT_NAMES`)."""
+    path = config.get("ckpt_path")
+    return bool(path) and path not in LIGHTNING_CKPT_NAMES
+
+
+def _given_module_keys(argv: Sequence[str]) -> list[tuple[str, ...]]:
+    """The module settings a command line gives (``--model.model.init_args.object_threshold 0.5`` ->
+    ``("model", "object_threshold")``; ``--model file.yaml`` -> ``()``), for
+    :func:`~omtseg.checkpoint.merge_module_config`."""
+    keys = []
+    for arg in argv:
+        if arg == "--model" or arg.startswith(("--model.", "--model=")):
+            name = arg[2:].split("=", 1)[0]
+            keys.append(tuple(part for part in name.split(".")[1:] if part != "init_args"))
+    return keys
 
 
 def build_cli(args: ArgsType = None, *, run: bool = True) -> OMTSegCLI:

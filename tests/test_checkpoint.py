@@ -18,6 +18,7 @@ from omtseg.checkpoint import (
     load_backbone_file,
     load_captioner,
     load_segmenter,
+    merge_module_config,
     save_captioner,
 )
 from omtseg.modeling.backbone.beit3 import beit3_tiny
@@ -118,3 +119,21 @@ def test_checks_before_loading(tmp_path: Path) -> None:
     check_checkpoint(tmp_path / "bare.ckpt")
     with pytest.raises(ValueError, match="no saved model config"):
         check_checkpoint(tmp_path / "bare.ckpt", need_model_config=True)
+
+
+def test_merge_module_config_applies_run_settings_and_refuses_another_architecture() -> None:
+    omtseg = "omtseg.modeling.segmenter.OMTSeg"
+    segmenter = {"class_path": omtseg, "init_args": {"num_queries": 16, "object_threshold": 0.8}}
+    saved = {"model": segmenter, "predict_tasks": ["panoptic", "semantic"], "_instantiator": "x"}
+    placeholder = {"class_path": omtseg, "init_args": {"num_queries": 100, "object_threshold": 0.5}}
+    given = {"model": placeholder, "predict_tasks": ["panoptic"], "classes_per_batch": 4}
+    # Nothing given on the command line: the checkpoint's config, whatever the recipe's placeholder says.
+    assert merge_module_config(saved, given, [], path="c.ckpt") == {**given, "model": segmenter,
+                                                                    "predict_tasks": ["panoptic", "semantic"]}
+    merged = merge_module_config(saved, given, [("model", "object_threshold"), ("predict_tasks",)], path="c")
+    assert merged["model"]["init_args"] == {"num_queries": 16, "object_threshold": 0.5}
+    assert merged["predict_tasks"] == ["panoptic"]
+    with pytest.raises(ValueError, match=r"num_queries is 100 .* c.ckpt was trained with 16"):
+        merge_module_config(saved, given, [("model", "num_queries")], path="c.ckpt")
+    with pytest.raises(ValueError, match=r"num_queries is 100"):  # a whole segmenter config given
+        merge_module_config(saved, given, [("model",)], path="c.ckpt")

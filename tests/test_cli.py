@@ -208,3 +208,40 @@ def test_prepare_command_goes_through_the_console_entry(tmp_path: Path) -> None:
             ["prepare", "pascal_voc_20", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "root")]
         )
     assert excinfo.value.code == 2
+
+
+def test_options_given_with_ckpt_path_take_effect(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, run = trained
+    ckpt = str(run / "checkpoints" / "last.ckpt")  # trained with object_threshold 0.8, all three tasks
+
+    def predict(out: Path, *extra: str) -> list[dict[str, Any]]:
+        main(_args("predict", root, tmp_path / "run", "--ckpt_path", ckpt,
+                   "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test"),
+                   "--prediction_writer.output_dir", str(out), "--prediction_writer.overlays", "false",
+                   *extra))
+        return json.loads((out / "panoptic.json").read_text())["annotations"]
+
+    keep_all = ("--model.model.init_args.object_threshold", "0.0",
+                "--model.model.init_args.overlap_threshold", "0.0", "--model.predict_tasks", "[panoptic]")
+    with pytest.raises(SystemExit):
+        main(_args("predict", root, tmp_path / "run", "--ckpt_path", ckpt, *keep_all, "--print_config"))
+    assert "object_threshold: 0.0" in capsys.readouterr().out  # what is printed is what runs:
+    every = predict(tmp_path / "all", *keep_all)
+    assert sum(len(a["segments_info"]) for a in every) > 0  # the 0.8 of the checkpoint keeps none
+    assert not (tmp_path / "all" / "semantic").exists()  # only the asked task ran
+    none = predict(tmp_path / "none", "--model.model.init_args.object_threshold", "1.0")
+    assert not any(a["segments_info"] for a in none)
+    assert (tmp_path / "none" / "semantic").is_dir()
+
+    main(_args("test", root, tmp_path / "test", "--ckpt_path", ckpt, "--model.eval_tasks", "[panoptic]"))
+    (row,) = [r for r in _rows(tmp_path / "test") if r.get("test/pq")]
+    assert "test/miou" not in row and "test/ap" not in row
+
+
+def test_architecture_contradicting_the_checkpoint_is_refused(trained: tuple[Path, Path]) -> None:
+    root, run = trained
+    with pytest.raises(ValueError, match=r"num_queries is 8 .* trained with 16"):
+        main(_args("test", root, root / "refused", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                   "--model.model.init_args.num_queries", "8"))
