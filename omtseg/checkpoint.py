@@ -19,6 +19,8 @@ Every file is read with ``torch.load(weights_only=True)``: hyperparameters must 
 from __future__ import annotations
 
 import hashlib
+import re
+import zipfile
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,37 @@ def is_plain(value: Any) -> bool:
 # ------------------------------------------------------------------------------------------ reading files
 
 
+def load_weights_only(path: Path, *, mmap: bool = False, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` with omtseg's message for a file it cannot read.
+
+    torch's own message advises loading with ``weights_only=False``, which runs whatever the file pickled;
+    omtseg never does, so the message says what is wrong with the file instead.
+
+    Args:
+        path: an existing file.
+        mmap: memory-map it (only what is looked at is read).
+        fix: the sentence that ends the message (what to give instead).
+
+    Raises:
+        ValueError: not a PyTorch file, damaged, or holding pickled objects other than tensors and plain data.
+    """
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Cannot read checkpoint {path}: it is not a PyTorch checkpoint (those are zip archives; this "
+            f"file is damaged, truncated or another kind of file). {fix}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises several types for a file that is no checkpoint
+        unsafe = re.search(r"GLOBAL (\S+)", str(e))
+        reason = (
+            f"it holds pickled Python objects ({unsafe.group(1)}) that a safe, weights-only load refuses"
+            if unsafe
+            else "it is damaged or truncated"
+        )
+        raise ValueError(f"Cannot read checkpoint {path}: {reason}. {fix}") from None
+
+
 def read_checkpoint(path: str | Path, *, header_only: bool = False) -> dict[str, Any]:
     """An omtseg segmenter checkpoint's content, read weights-only.
 
@@ -81,10 +114,7 @@ def read_checkpoint(path: str | Path, *, header_only: bool = False) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}. Give the .ckpt written by `omtseg fit`.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=header_only)
-    except Exception as e:  # torch raises several types for a file that is no checkpoint
-        raise ValueError(f"Cannot read checkpoint {path}: {e}. Give a .ckpt written by `omtseg fit`.") from e
+    checkpoint = load_weights_only(path, mmap=header_only, fix="Give a .ckpt written by `omtseg fit`.")
     if not isinstance(checkpoint, dict) or FORMAT_KEY not in checkpoint:
         raise ValueError(f"{path} {_NOT_OMTSEG}")
     return checkpoint
@@ -401,7 +431,7 @@ def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
         raise FileNotFoundError(
             f"Captioner checkpoint not found: {path}; give a file written by save_captioner."
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_weights_only(path, fix="Give a captioner checkpoint written by save_captioner.")
     if not isinstance(checkpoint, dict) or CAPTIONER_KEY not in checkpoint:
         raise ValueError(
             f"{path} is not a captioner checkpoint (no '{CAPTIONER_KEY}' entry); write one with "

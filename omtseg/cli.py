@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +44,8 @@ COMMANDS: dict[str, str] = {
     "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
+DEBUG_ENV = "OMTSEG_DEBUG"
+"""Set to 1 for tracebacks instead of one-line errors (as ``--debug``)."""
 
 TRAINER_DEFAULTS: dict[str, list[dict[str, Any]]] = {
     # Paths follow the run's trainer.default_root_dir (interpolations resolve on the merged config).
@@ -218,12 +221,23 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> OMTSegCLI:
     )
 
 
+def debugging(argv: Sequence[str]) -> bool:
+    """True when the user asks for tracebacks: ``--debug`` on the command line or ``OMTSEG_DEBUG=1``."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def user_error(command: str, error: Exception) -> int:
+    """Print a user's mistake as one line on stderr; returns exit status 2."""
+    print(f"omtseg {command}: error: {error} (--debug shows the traceback)", file=sys.stderr)
+    return 2
+
+
 def run_command(argv: Sequence[str]) -> int | None:
     """Run ``omtseg <command> ...`` when ``argv[0]`` names one of :data:`COMMANDS`; returns its exit status,
     or None for every other command line (LightningCLI's ``fit``, ``test``, ``--help`` ...).
 
     A user's mistake (a missing file, a bad value) is one line on stderr and exit status 2; ``--debug``
-    shows the traceback instead.
+    (or ``OMTSEG_DEBUG=1``) shows the traceback instead.
     """
     if not argv or argv[0] not in COMMANDS:
         return None
@@ -232,18 +246,36 @@ def run_command(argv: Sequence[str]) -> int | None:
     try:
         return int(command.main(rest) or 0)
     except (FileNotFoundError, ValueError) as e:
-        if "--debug" in argv:
+        if debugging(argv):
             raise
-        print(f"omtseg {name}: error: {e}", file=sys.stderr)
-        return 2
+        return user_error(name, e)
 
 
 def main(args: ArgsType = None) -> None:
-    """Console-script entry point (``omtseg``): a command of :data:`COMMANDS`, else LightningCLI."""
+    """Console-script entry point (``omtseg``): a command of :data:`COMMANDS`, else LightningCLI.
+
+    omtseg's errors for bad input (``ValueError``, ``FileNotFoundError``) end the command with one line on
+    stderr and exit status 2; ``--debug`` or ``OMTSEG_DEBUG=1`` lets the traceback through.
+    """
     argv = sys.argv[1:] if args is None else args
-    if isinstance(argv, list) and (code := run_command(argv)) is not None:
+    if not isinstance(argv, list):
+        build_cli(args)
+        return
+    if (code := run_command(argv)) is not None:
         raise SystemExit(code)
-    build_cli(args)
+    debug = debugging(argv)
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        if args is None:
+            sys.argv[1:], args = argv, None
+        else:
+            args = argv
+    try:
+        build_cli(args)
+    except (FileNotFoundError, ValueError) as e:
+        if debug:
+            raise
+        raise SystemExit(user_error(argv[0] if argv else "", e)) from None
 
 
 if __name__ == "__main__":

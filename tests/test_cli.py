@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,23 +178,59 @@ def test_predict_with_a_captioner_writes_captions(trained: tuple[Path, Path]) ->
     assert all(len(s["caption"].split()) <= 4 for s in segments)
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000000.png", "000001.png"]
     with pytest.raises(FileNotFoundError, match="Captioner checkpoint not found"):
-        main(_args("predict", root, root / "none", *common, "--captioner_ckpt", str(root / "none.ckpt")))
+        main(_args("predict", root, root / "none", *common, "--captioner_ckpt", str(root / "none.ckpt"),
+                   "--debug"))
 
 
-def test_predict_errors_are_clear(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def user_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one-line message (and exit status 2) that `omtseg` ends with for a user's mistake."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"omtseg {args[0]}: error: ")
+    return last
+
+
+def test_predict_errors_are_clear(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root, run = trained
     ckpt = str(run / "checkpoints" / "last.ckpt")
-    with pytest.raises(FileNotFoundError, match="Image folder not found"):
-        main(_args("predict", root, tmp_path, "--ckpt_path", ckpt, "--data.init_args.predict_image_dir",
-                   str(tmp_path / "missing")))
+    assert "Image folder not found" in user_error(
+        _args("predict", root, tmp_path, "--ckpt_path", ckpt, "--data.init_args.predict_image_dir",
+              str(tmp_path / "missing")), capsys)
     (tmp_path / "empty.txt").write_text("# nothing here\n\n")
-    with pytest.raises(ValueError, match="names no class"):
-        main(_args("predict", root, tmp_path, "--ckpt_path", ckpt, "--vocabulary_file",
-                   str(tmp_path / "empty.txt")))
+    empty = ("--vocabulary_file", str(tmp_path / "empty.txt"))
+    line = user_error(_args("predict", root, tmp_path, "--ckpt_path", ckpt, *empty), capsys)
+    assert "names no class" in line
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    with pytest.raises(ValueError, match="not written by omtseg"):
-        main(_args("predict", root, tmp_path, "--ckpt_path", str(tmp_path / "foreign.ckpt"),
-                   "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test")))
+    images = ("--data.init_args.predict_image_dir", str(root / "data" / "images" / "test"))
+    assert "not written by omtseg" in user_error(
+        _args("predict", root, tmp_path, "--ckpt_path", str(tmp_path / "foreign.ckpt"), *images), capsys)
+    with pytest.raises(FileNotFoundError, match="Image folder not found"):  # --debug: the traceback instead
+        main(_args("predict", root, tmp_path, "--ckpt_path", ckpt, "--data.init_args.predict_image_dir",
+                   str(tmp_path / "missing"), "--debug"))
+
+
+def test_a_random_file_as_checkpoint_gets_omtsegs_check_not_torchs_advice(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    zipped = tmp_path / "zipped.ckpt"
+    torch.save({"w": torch.zeros(2), "f": Path("x")}, zipped)  # a zip that pickles an object
+    for path, reason in ((junk, "not a PyTorch checkpoint"), (zipped, "pickled Python objects")):
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("omtseg")), "predict", "--config", str(CONFIG),
+             "--ckpt_path", str(path)],
+            capture_output=True, text=True, env={**os.environ, "OMTSEG_DEBUG": ""}, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 2
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("omtseg predict: error: Cannot read checkpoint") and reason in line
+        assert "weights_only" not in line
 
 
 def test_read_class_list(tmp_path: Path) -> None:
@@ -240,8 +279,14 @@ def test_options_given_with_ckpt_path_take_effect(
     assert "test/miou" not in row and "test/ap" not in row
 
 
-def test_architecture_contradicting_the_checkpoint_is_refused(trained: tuple[Path, Path]) -> None:
+def test_architecture_contradicting_the_checkpoint_is_refused(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     root, run = trained
-    with pytest.raises(ValueError, match=r"num_queries is 8 .* trained with 16"):
-        main(_args("test", root, root / "refused", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
-                   "--model.model.init_args.num_queries", "8"))
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    line = user_error(
+        _args("test", root, root / "refused", "--ckpt_path", ckpt, "--model.model.init_args.num_queries",
+              "8"),
+        capsys,
+    )
+    assert re.search(r"num_queries is 8 .* trained with 16", line)
