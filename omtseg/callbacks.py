@@ -7,12 +7,17 @@ Output layout under ``output_dir``::
     panoptic/<stem>.png        segment ids as R + 256 G + 256^2 B
     semantic/<stem>.png        per-pixel category id (uint8, or uint16 for ids above 255)
     overlays/<stem>.png        the image with colored segments, class names (and captions)
+
+A file that cannot be read is named with its reason and skipped (the others are written), and the run ends
+with a summary; ``omtseg predict`` then exits with status 1. ``panoptic.json`` is written only by a run
+that finishes: a previous run's is removed at the start, and a crash leaves no partial merge behind.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,12 +107,22 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self.captioner_ckpt = captioner_ckpt
         self.caption_max_tokens = caption_max_tokens
         self._vocabulary: Vocabulary | None = None
+        self.failed: dict[str, str] = {}
+        """Files of this run that could not be read, with the reason (they are skipped)."""
+        self.written = 0
         self._captioner: SegmentCaptioner | None = None
         self._tap: SegmenterTap | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
+        # A previous run's panoptic.json would look like this run's result until the end: only a run that
+        # finishes writes one (as `omtseg segment` does).
+        if trainer.is_global_zero:
+            (self.output_dir / "panoptic.json").unlink(missing_ok=True)
+            shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
+        trainer.strategy.barrier()
         self._vocabulary = None
+        self.failed = {}
+        self.written = 0
         if self.captioner_ckpt is not None and self._captioner is None:
             captioner, config = load_captioner(self.captioner_ckpt)
             width = _segmenter(pl_module).decoder.decoder_norm.normalized_shape[0]
@@ -175,7 +190,11 @@ class PanopticPredictionWriter(BasePredictionWriter):
             raise ValueError("The vocabulary changed between prediction batches; predict with one at a time.")
         self._vocabulary = vocabulary
         rank, out = trainer.global_rank, self.output_dir
-        if self._captioner is not None:
+        for name, reason in batch.skipped:
+            self.failed[name] = reason
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        self.written += len(prediction)
+        if self._captioner is not None and prediction:
             self._caption(list(prediction), batch)
         panoptic = [(r.info, r.panoptic) for r in prediction if r.panoptic is not None]
         if panoptic:
@@ -217,3 +236,18 @@ class PanopticPredictionWriter(BasePredictionWriter):
             save_json(merged, self.output_dir / "panoptic.json")
             shutil.rmtree(parts_dir)
         trainer.strategy.barrier()
+        if self.failed:
+            total = self.written + len(self.failed)
+            lines = "".join(f"\n  {name}: {reason}" for name, reason in self.failed.items())
+            print(
+                f"Predicted {self.written} of {total} images into {self.output_dir}/; "
+                f"{len(self.failed)} could not be read and were skipped:{lines}",
+                file=sys.stderr,
+            )
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        # A crashed run leaves no half-merged parts; it has no panoptic.json (removed at the start).
+        self._remove_tap()
+        shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)

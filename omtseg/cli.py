@@ -271,11 +271,14 @@ def main(args: ArgsType = None) -> None:
         else:
             args = argv
     try:
-        build_cli(args)
+        cli = build_cli(args)
     except (FileNotFoundError, ValueError) as e:
         if debug:
             raise
         raise SystemExit(user_error(argv[0] if argv else "", e)) from None
+    writers = [c for c in getattr(cli.trainer, "callbacks", []) if isinstance(c, PanopticPredictionWriter)]
+    if cli.subcommand == "predict" and any(w.failed for w in writers):
+        raise SystemExit(1)  # the writer has named every skipped file
 
 
 if __name__ == "__main__":

@@ -86,6 +86,47 @@ def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
         ) from e
 
 
+def read_checked(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file for a run that reports and skips bad files: ValueError with a short reason.
+
+    Raises:
+        ValueError: not found, a folder, empty, unreadable, not an image, or corrupt/truncated.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError("not found")
+    if not path.is_file():
+        raise ValueError("not a regular file")
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise ValueError("unreadable (permission denied)")
+    try:
+        return read_image(path)
+    except ValueError as e:
+        if isinstance(e.__cause__, UnidentifiedImageError):
+            raise ValueError("not an image (no image format recognised)") from None
+        raise ValueError(f"corrupt or truncated image ({e.__cause__ or e})") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header only (fast: no pixel is decoded).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file not found: {path}.")
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Cannot read image {path}: {e}.") from e
+    return height, width
+
+
 def read_panoptic_png(path: str | os.PathLike[str]) -> np.ndarray:
     """A COCO-panoptic PNG as (H, W) int64 segment ids (0 = void)."""
     return read_panoptic_ids(path).astype(np.int64)

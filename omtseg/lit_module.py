@@ -179,7 +179,10 @@ class OMTSegModule(L.LightningModule):
         self._log_metrics("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[ImageResult]:
-        """Post-processed results at each image's original size (``predict_tasks``)."""
+        """Post-processed results at each image's original size (``predict_tasks``); none for a batch
+        whose files were all unreadable (the writer reports ``batch.skipped``)."""
+        if len(batch) == 0:
+            return []
         return self.model.predict(batch, tasks=self.predict_tasks)
 
     # -------------------------------------------------------------------------------------------- checkpoints

@@ -229,6 +229,8 @@ class Batch:
         vocabulary: the class list the batch's labels index.
         originals: per image, the ground truth at the original size (metrics are then computed there),
             or None.
+        skipped: ``(file name, reason)`` of the batch's files that could not be read (prediction reports
+            and skips them; the batch holds the others, possibly none).
     """
 
     images: Tensor
@@ -238,6 +240,7 @@ class Batch:
     vocabulary: Vocabulary
     semantic: Tensor | None = None
     originals: list[OriginalLabels] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -256,6 +259,7 @@ class Batch:
             originals=None
             if self.originals is None
             else [o.to(device, non_blocking) for o in self.originals],
+            skipped=self.skipped,
         )
 
     def pin_memory(self) -> Batch:

@@ -290,3 +290,56 @@ def test_architecture_contradicting_the_checkpoint_is_refused(
         capsys,
     )
     assert re.search(r"num_queries is 8 .* trained with 16", line)
+
+
+def test_predict_skips_unreadable_files_and_leaves_no_stale_outputs(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, run = trained
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    good = root / "data" / "images" / "test" / "000000.png"
+    for name in ("a.png", "b.png"):
+        (images / name).write_bytes(good.read_bytes())
+    Image.open(good).convert("RGB").save(images / "c_truncated.jpg", quality=95)
+    data = (images / "c_truncated.jpg").read_bytes()
+    (images / "c_truncated.jpg").write_bytes(data[: len(data) // 2])
+    (images / "d_empty.jpg").write_bytes(b"")
+    (images / "e_text.png").write_text("not an image")
+    (out / ".panoptic_parts").mkdir(parents=True)
+    (out / ".panoptic_parts" / "0_0_00000007.json").write_text("{}")
+    (out / "panoptic.json").write_text('{"annotations": [], "categories": [], "from": "an earlier run"}')
+    args = _args("predict", root, tmp_path / "run", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+                 "--data.init_args.predict_image_dir", str(images),
+                 "--prediction_writer.output_dir", str(out))
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # batches: [a, b], [c, d] (nothing readable), [e]
+        main(args)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "skipped c_truncated.jpg: corrupt or truncated image" in err
+    assert "skipped d_empty.jpg: empty file (0 bytes)" in err
+    assert "skipped e_text.png: not an image" in err
+    assert "Predicted 2 of 5 images" in err
+    panoptic = json.loads((out / "panoptic.json").read_text())
+    assert sorted(a["file_name"] for a in panoptic["annotations"]) == ["a.png", "b.png"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["a.png", "b.png"]
+    assert not (out / ".panoptic_parts").exists()
+
+    # A crash mid-run: no panoptic.json (the finished run's is gone), no parts left to merge.
+    predict = OMTSeg.predict
+    calls = []
+
+    def crash_on_second_batch(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return predict(*a, **k)
+
+    (images / "z.png").write_bytes(good.read_bytes())
+    with mock.patch.object(OMTSeg, "predict", autospec=True, side_effect=crash_on_second_batch):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            main(args)
+    assert not (out / "panoptic.json").exists() and not (out / ".panoptic_parts").exists()

@@ -30,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from omtseg.api import SegmentationResult, Segmenter
 from omtseg.data.vocabulary import parse_class_list, read_class_list
 from omtseg.evaluation.export import categories_json, semantic_category_map
-from omtseg.io import read_image, save_image, save_json
+from omtseg.io import read_checked, save_image, save_json
 from omtseg.types import Sample, Vocabulary
 
 OVERLAY_MIN_SIDE = 512
@@ -69,28 +68,6 @@ def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
             )
         owners[png] = path
     return files
-
-
-def read_checked(path: Path) -> np.ndarray:
-    """Read an image file, or raise ValueError with a short reason (the run reports it and goes on).
-
-    Raises:
-        ValueError: not found, a folder, empty, unreadable, not an image, or corrupt.
-    """
-    if not path.exists():
-        raise ValueError("not found")
-    if not path.is_file():
-        raise ValueError("not a regular file")
-    if path.stat().st_size == 0:
-        raise ValueError("empty file (0 bytes)")
-    if not os.access(path, os.R_OK):
-        raise ValueError("unreadable (permission denied)")
-    try:
-        return read_image(path)
-    except ValueError as e:
-        if isinstance(e.__cause__, UnidentifiedImageError):
-            raise ValueError("not an image (no image format recognised)") from None
-        raise ValueError(f"corrupt or truncated image ({e.__cause__ or e})") from None
 
 
 class SegmentWriter:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from omtseg.data.vocabulary import category_index, read_categories_json, vocabulary_from_categories
-from omtseg.io import load_json, read_image, read_panoptic_png
+from omtseg.io import image_size, load_json, read_image, read_panoptic_png
 from omtseg.types import ImageInfo, Sample, Targets, Vocabulary
 
 Transform = Callable[[Sample, torch.Generator | None], Sample]
@@ -165,6 +166,7 @@ class CocoPanopticDataset(Dataset):
                     "image_id": image_id,
                     "file_name": img["file_name"],
                     "png": ann["file_name"],
+                    "size": (img.get("height"), img.get("width")),
                     "segments": segments,
                 }
             )
@@ -172,6 +174,42 @@ class CocoPanopticDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def check_files(self, max_workers: int = 8) -> list[str]:
+        """Every problem with the split's files, found from file headers only (fast, before any training):
+        a missing or unreadable image or PNG, and sizes that disagree with the JSON or with each other.
+
+        Returns:
+            One line per problem (empty when the files are fine).
+        """
+
+        def check(index: int) -> list[str]:
+            rec = self._records[index]
+            paths = {"image": self.image_dir / rec["file_name"], "PNG": self.panoptic_dir / rec["png"]}
+            sizes, problems = {}, []
+            for kind, path in paths.items():
+                try:
+                    sizes[kind] = image_size(path)
+                except FileNotFoundError:
+                    problems.append(f"{path}: {kind} of image {rec['image_id']} not found")
+                except ValueError as e:
+                    reason = e.__cause__ or e
+                    problems.append(f"{path}: {kind} of image {rec['image_id']} unreadable ({reason})")
+            listed = tuple(rec.get("size") or ())
+            known = len(listed) == 2 and None not in listed
+            for kind, (h, w) in sizes.items():
+                if known and (h, w) != listed:
+                    problems.append(
+                        f"{paths[kind]}: {kind} is {w}x{h} but {self.panoptic_json.name} says "
+                        f"{listed[1]}x{listed[0]}"
+                    )
+            if not known and len(sizes) == 2 and sizes["image"] != sizes["PNG"]:
+                (ih, iw), (ph, pw) = sizes["image"], sizes["PNG"]
+                problems.append(f"{paths['PNG']}: PNG is {pw}x{ph} but its image is {iw}x{ih}")
+            return problems
+
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            return [p for found in pool.map(check, range(len(self))) for p in found]
 
     def __getitem__(self, item: int | tuple[int, int]) -> Sample:
         index, seed = item if isinstance(item, tuple) else (item, None)

@@ -9,6 +9,7 @@ to the batch size too (masks False, void True), so every tensor of a batch share
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -111,4 +112,41 @@ def collate(
         vocabulary=vocabulary,
         semantic=semantic,
         originals=None if any(o is None for o in originals) else [o for o in originals if o is not None],
+    )
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A dataset item whose file could not be read: prediction reports and skips it.
+
+    Attributes:
+        file_name: the file, as the dataset names it.
+        reason: why, in a few words ("empty file (0 bytes)", "not an image ...").
+    """
+
+    file_name: str
+    reason: str
+
+
+def collate_readable(
+    items: Sequence[Sample | Unreadable], *, vocabulary: Vocabulary, size_divisibility: int = 1
+) -> Batch:
+    """:func:`collate` of the readable items; the others go to ``Batch.skipped``.
+
+    A batch of unreadable files only is empty: (0, 3, d, d) images with d = ``size_divisibility``.
+    """
+    samples = [s for s in items if isinstance(s, Sample)]
+    skipped = [(u.file_name, u.reason) for u in items if isinstance(u, Unreadable)]
+    if samples:
+        batch = collate(samples, vocabulary=vocabulary, size_divisibility=size_divisibility)
+        batch.skipped = skipped
+        return batch
+    d = size_divisibility
+    return Batch(
+        images=torch.zeros((0, 3, d, d), dtype=torch.uint8),
+        padding_mask=torch.ones((0, d, d), dtype=torch.bool),
+        targets=None,
+        infos=[],
+        vocabulary=vocabulary,
+        skipped=skipped,
     )

@@ -23,19 +23,24 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit, Transform
-from omtseg.data.collate import collate
+from omtseg.data.collate import Unreadable, collate, collate_readable
 from omtseg.data.synthetic import make_synthetic_panoptic
 from omtseg.data.transforms import EvalTransform, TrainTransform
 from omtseg.data.vocabulary import read_categories_json
 from omtseg.data.world import make_world_split, world_split_paths
-from omtseg.io import read_image
+from omtseg.io import read_checked
 from omtseg.types import ImageInfo, Sample, Vocabulary
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_LISTED = 50
+"""Dataset file problems named one by one; more are counted."""
 
 
 class ImageFolderDataset(Dataset):
     """The images of a folder (jpg/png, sorted by name) as unlabelled samples for prediction.
+
+    A file that cannot be read (empty, not an image, truncated) is an :class:`Unreadable` item with the
+    reason, so a run reports and skips it instead of dying on it.
 
     Args:
         image_dir: folder of user images (not searched recursively).
@@ -61,9 +66,12 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int) -> Sample | Unreadable:
         name = self.files[index]
-        image = read_image(self.image_dir / name)  # (H, W, 3) uint8
+        try:
+            image = read_checked(self.image_dir / name)  # (H, W, 3) uint8
+        except ValueError as e:
+            return Unreadable(file_name=name, reason=str(e))
         h, w = image.shape[:2]
         sample = Sample(
             image=torch.from_numpy(image).permute(2, 0, 1).contiguous(),
@@ -311,6 +319,7 @@ class PanopticDataModule(LightningDataModule):
         """Build the datasets a stage needs (``fit``, ``validate``, ``test``, ``predict``; None: all
         that are configured). Fit without a ``val`` split trains without validation."""
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+        checked: list[str] = []
         if stage is not None and stage not in wanted:
             raise ValueError(f"Unknown stage {stage!r}; use one of {sorted(wanted)} or None.")
         for name in wanted[stage] if stage is not None else ("train", "val", "test", "predict"):
@@ -331,6 +340,20 @@ class PanopticDataModule(LightningDataModule):
             else:
                 transform = self.train_transform if name == "train" else self.eval_transform
                 self.datasets[name] = self._dataset(name, transform)
+                checked.append(name)
+        self._check_files(checked)
+
+    def _check_files(self, names: list[str]) -> None:
+        """Raise with every problem of the splits' files at once (headers only, so fast), before training
+        or evaluation reads the first one."""
+        problems = [p for name in names for p in self._labelled(name).check_files()]
+        if problems:
+            shown = "\n  ".join(problems[:MAX_LISTED])
+            more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+            raise ValueError(
+                f"{len(problems)} problem(s) with the dataset files of {'/'.join(names)} (fix or remove "
+                f"these images and their JSON entries):\n  {shown}{more}"
+            )
 
     def _loader(self, name: str, batch_size: int, vocabulary: Vocabulary | None = None) -> DataLoader:
         if name not in self.datasets:
@@ -348,7 +371,7 @@ class PanopticDataModule(LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=partial(
-                collate,
+                collate_readable if name == "predict" else collate,
                 vocabulary=vocabulary if vocabulary is not None else self._labelled(name).vocabulary,
                 size_divisibility=self.size_divisibility,
             ),

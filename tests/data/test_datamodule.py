@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import LightningModule, Trainer
+from PIL import Image
 
 from omtseg.data.coco_panoptic import PanopticSplit
 from omtseg.data.datamodule import ImageFolderDataset, PanopticDataModule, SeededSampler, SyntheticData
-from omtseg.data.synthetic import synthetic_vocabulary
+from omtseg.data.synthetic import make_synthetic_panoptic, synthetic_vocabulary
 from omtseg.types import Batch
 
 SMALL = dict(batch_size=3, crop_size=32, eval_size=64, size_divisibility=32)
@@ -181,3 +182,38 @@ def test_lightning_fit_runs_on_the_datamodule(synthetic_root: Path, tmp_path: Pa
     )
     trainer.fit(probe, datamodule=_module(synthetic_root))
     assert probe.seen == [(3, 3, 32, 32), (3, 3, 32, 32), (3, 3, 64, 64)]
+
+
+def test_setup_lists_every_problem_of_the_dataset_files_before_training(tmp_path: Path) -> None:
+    for split, n in (("train", 4), ("val", 3)):
+        make_synthetic_panoptic(tmp_path, num_images=n, image_size=32, seed=0, split=split)
+    (tmp_path / "panoptic" / "val" / "000001.png").unlink()  # a missing validation PNG
+    Image.new("RGB", (40, 32)).save(tmp_path / "images" / "train" / "000002.png")  # JSON says 32x32
+    (tmp_path / "images" / "val" / "000002.png").write_bytes(b"")  # an empty image
+    dm = PanopticDataModule(**dict(SMALL, root=str(tmp_path), train=_split("train"), val=_split("val")))
+    with pytest.raises(ValueError) as error:
+        dm.setup("fit")  # before any training step: Lightning sets the datamodule up first
+    message = str(error.value)
+    assert message.startswith("3 problem(s) with the dataset files of train/val")
+    assert "panoptic/val/000001.png: PNG of image 1 not found" in message
+    assert "images/train/000002.png: image is 40x32 but panoptic_train.json says 32x32" in message
+    assert "images/val/000002.png: image of image 2 unreadable" in message
+
+
+def test_unreadable_prediction_images_are_skipped_with_the_reason(
+    tmp_path: Path, synthetic_root: Path
+) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("000000.png", "000001.png"):
+        (images / name).write_bytes((synthetic_root / "images" / "val" / name).read_bytes())
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "notes.png").write_text("not an image")
+    dm = PanopticDataModule(
+        **dict(SMALL, predict_image_dir=str(images), predict_class_names=["ball"], eval_batch_size=2)
+    )
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert [len(b) for b in batches] == [2, 0]
+    assert batches[1].skipped == [("empty.jpg", "empty file (0 bytes)"),
+                                  ("notes.png", "not an image (no image format recognised)")]  # fmt: skip
