@@ -44,7 +44,7 @@ ablate: $(STAMP) ## full model, the three ablations and the random-backbone base
 bench: $(STAMP) ## performance suite (outputs/bench)
 	$(BIN)/python -m benchmarks.run --out outputs/bench
 
-eval-all: $(STAMP) ## every zero-shot benchmark present under $$OMTSEG_DATASETS (CKPT=...)
+eval-all: $(STAMP) ## every zero-shot benchmark present under $OMTSEG_DATASETS (CKPT=...)
 	$(BIN)/omtseg eval-all --ckpt $(CKPT) --out outputs/eval
 
 clean: ## remove outputs, caches and the virtualenv

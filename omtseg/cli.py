@@ -17,8 +17,10 @@ segmenter) adds a caption to every predicted segment, in ``panoptic.json`` and i
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -92,6 +94,8 @@ TRAINER_DEFAULTS: dict[str, list[dict[str, Any]]] = {
 run values: device, precision, length); a trainer file or the command line may still replace them."""
 
 
+EVALUATING = ("validate", "test", "predict")
+"""Subcommands that need trained weights (``--ckpt_path``) unless ``--allow_random_weights``."""
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """Lightning's own names for checkpoints of this run: not files to check."""
 
@@ -116,6 +120,12 @@ class OMTSegCLI(LightningCLI):
             default=None,
             help="Text file of the classes to segment in predict (one per line, 'a, b' = synonyms, "
             "'stuff: sky' = a stuff class); sets data.predict_class_names/predict_stuff_names.",
+        )
+        parser.add_argument(
+            "--allow_random_weights",
+            type=bool,
+            default=False,
+            help="Let validate/test/predict run without --ckpt_path, on randomly initialised weights.",
         )
         parser.add_argument(
             "--captioner_ckpt",
@@ -157,6 +167,12 @@ class OMTSegCLI(LightningCLI):
         if self._run_model is not None:
             # LightningCLI has put the checkpoint's saved config back over the settings this run gives.
             config.model = self._run_model
+        if self.subcommand in EVALUATING and not config.get("ckpt_path") and not config.allow_random_weights:
+            raise ValueError(
+                f"omtseg {self.subcommand} without --ckpt_path would run randomly initialised weights; give "
+                "--ckpt_path with a checkpoint written by `omtseg fit` (or --allow_random_weights to run "
+                "them anyway)."
+            )
         trainer = config.trainer
         if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # The configs ship a RichProgressBar; asking for no bar should not be an error.
@@ -251,6 +267,19 @@ def run_command(argv: Sequence[str]) -> int | None:
         return user_error(name, e)
 
 
+def commands_help() -> str:
+    """The commands of :data:`COMMANDS`, each with the first line of its module's docstring (read, not
+    imported, so ``omtseg --help`` stays fast)."""
+    lines = ["", "other commands (omtseg <command> --help):"]
+    for name, module in COMMANDS.items():
+        spec = importlib.util.find_spec(module)
+        doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
+        paragraph = " ".join((doc or "").split("\n\n", 1)[0].split())
+        summary = paragraph.split(": ", 1)[-1].split(". ", 1)[0].rstrip(".")
+        lines.append(f"  {name:<10} {summary}")
+    return "\n".join(lines)
+
+
 def main(args: ArgsType = None) -> None:
     """Console-script entry point (``omtseg``): a command of :data:`COMMANDS`, else LightningCLI.
 
@@ -263,6 +292,11 @@ def main(args: ArgsType = None) -> None:
         return
     if (code := run_command(argv)) is not None:
         raise SystemExit(code)
+    if argv[:1] in (["-h"], ["--help"]):
+        try:
+            build_cli(args)  # LightningCLI's help (fit, validate, test, predict) ...
+        finally:
+            print(commands_help())  # ... then the others
     debug = debugging(argv)
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]

@@ -20,6 +20,7 @@ from PIL import Image
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.language_model import make_word_level_lm
 from omtseg.checkpoint import save_captioner
+from omtseg.cli import COMMANDS
 from omtseg.cli import main as _main
 from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.synthetic import synthetic_vocabulary
@@ -167,6 +168,7 @@ def test_predict_with_a_captioner_writes_captions(trained: tuple[Path, Path]) ->
         # The 4-step segmenter masks nothing yet; a randomly initialised one, with every query kept, does.
         "--model.model.init_args.object_threshold", "0.0",
         "--model.model.init_args.overlap_threshold", "0.0",
+        "--allow_random_weights", "true",
     ]
     predict = OMTSeg.predict
     with mock.patch.object(OMTSeg, "predict", autospec=True, side_effect=predict) as calls:
@@ -343,3 +345,31 @@ def test_predict_skips_unreadable_files_and_leaves_no_stale_outputs(
         with pytest.raises(RuntimeError, match="out of memory"):
             main(args)
     assert not (out / "panoptic.json").exists() and not (out / ".panoptic_parts").exists()
+
+
+def test_evaluating_random_weights_needs_to_be_asked_for(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = trained
+    images = ("--data.init_args.predict_image_dir", str(root / "data" / "images" / "test"))
+    for command in ("validate", "test", "predict"):
+        line = user_error(_args(command, root, root / "random", *images), capsys)
+        assert "without --ckpt_path would run randomly initialised weights" in line
+        assert "--allow_random_weights" in line
+
+
+def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "{fit,validate,test,predict}" in out
+    for name in COMMANDS:
+        assert re.search(rf"^  {re.escape(name)} +\S", out, re.MULTILINE), name
+
+
+def test_make_help_prints_the_datasets_variable() -> None:
+    done = subprocess.run(["make", "-s", "help"], cwd=CONFIG.parents[1], capture_output=True, text=True)
+    (line,) = [line for line in done.stdout.splitlines() if line.strip().startswith("eval-all")]
+    assert "$OMTSEG_DATASETS" in line and "$$" not in line
