@@ -299,7 +299,8 @@ class OMTSeg(nn.Module):
         for chunk in chunks:
             mask = None
             if self.text_attention != "sequential":
-                vision_len = 1 + (x.shape[-2] // 16) * (x.shape[-1] // 16)  # CLS + patches
+                gh, gw = self.backbone.patch_grid((x.shape[-2], x.shape[-1]))
+                vision_len = 1 + gh * gw  # CLS + patches
                 mask = prompt_attention_mask(
                     vision_len, chunk.entry, image_attends_text=self.text_attention == "per_name"
                 )
