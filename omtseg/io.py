@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 try:  # built from omtseg/_native/*.c at install time; optional (no C compiler -> the PIL path below)
     from omtseg import _pngids
@@ -44,6 +44,8 @@ _NATIVE_INFLATE = bool(
 )
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 _PIECE_BYTES = 120 * 1024  # inflate this much at a time: below malloc's mmap threshold, reused from the heap
 
 
@@ -65,8 +67,14 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
+def read_image(path: str | os.PathLike[str], mode: str = "RGB", *, exif: bool = True) -> np.ndarray:
     """Read an image fully (so truncation is detected here), converted to ``mode``.
+
+    Args:
+        path: the file.
+        mode: PIL mode to convert to ("" keeps the file's).
+        exif: turn the picture upright as its EXIF orientation says (a phone photo is stored sideways
+            with such a tag); False for label maps, whose pixels are the data.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -78,7 +86,8 @@ def read_image(path: str | os.PathLike[str], mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as opened:
             opened.load()
-            image: Image.Image = opened.convert(mode) if mode else opened
+            image: Image.Image = ImageOps.exif_transpose(opened) if exif else opened
+            image = image.convert(mode) if mode else image
             return np.asarray(image).copy()
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(
@@ -110,7 +119,8 @@ def read_checked(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header only (fast: no pixel is decoded).
+    """``(height, width)`` of an image file from its header only (fast: no pixel is decoded), upright as
+    :func:`read_image` returns it (EXIF orientation applied).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -122,6 +132,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     try:
         with Image.open(path) as opened:
             width, height = opened.size
+            if opened.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSED:  # read_image turns it upright
+                width, height = height, width
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"Cannot read image {path}: {e}.") from e
     return height, width
@@ -160,7 +172,7 @@ def _read_file(path: str | os.PathLike[str]) -> bytes:
 
 def _pil_ids(path: str | os.PathLike[str]) -> np.ndarray:
     """The slow path: PIL decodes (and names the problem of a damaged file)."""
-    return rgb2id(read_image(path, mode="RGB")).astype(np.uint32)
+    return rgb2id(read_image(path, mode="RGB", exif=False)).astype(np.uint32)
 
 
 class _Unreadable(Exception):

@@ -16,6 +16,7 @@ from omtseg.io import (
     PanopticRuns,
     decode_panoptic_png,
     id2rgb,
+    image_size,
     read_image,
     read_panoptic_ids,
     read_panoptic_runs,
@@ -317,3 +318,15 @@ def test_huge_declared_size_is_refused_without_allocating(tmp_path: Path) -> Non
     for read in (read_panoptic_ids, read_panoptic_runs):
         with pytest.raises(ValueError, match="bomb.png"):
             read(path)
+
+
+def test_images_are_read_upright_as_their_exif_orientation_says(tmp_path: Path) -> None:
+    picture = np.zeros((20, 40, 3), dtype=np.uint8)  # stored 40 wide, 20 high
+    picture[:, :20] = 255  # the left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a phone held upright: the stored pixels are turned 90 degrees
+    Image.fromarray(picture).save(tmp_path / "phone.jpg", exif=exif, quality=100)
+    upright = read_image(tmp_path / "phone.jpg")
+    assert upright.shape == (40, 20, 3) and image_size(tmp_path / "phone.jpg") == (40, 20)
+    assert upright[:20].mean() > 200 and upright[20:].mean() < 50  # the white half is now on top
+    assert read_image(tmp_path / "phone.jpg", exif=False).shape == (20, 40, 3)  # label maps: as stored

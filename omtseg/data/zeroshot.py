@@ -34,7 +34,7 @@ def read_label_map(path: str | os.PathLike[str]) -> np.ndarray:
         FileNotFoundError: the file does not exist.
         ValueError: unreadable, or not single-channel (an RGB label image is a color rendering, not labels).
     """
-    array = read_image(path, mode="")  # no conversion: palette indices and uint16 values stay as stored
+    array = read_image(path, mode="", exif=False)  # as stored: palette indices and uint16 values, unturned
     if array.ndim != 2:
         raise ValueError(
             f"Label map {path} has {array.shape[-1]} channels; label maps are single-channel class indices. "

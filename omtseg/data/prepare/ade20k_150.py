@@ -206,9 +206,12 @@ def prepare_ade20k_150(
                 stats.count("semantic", wrote=False)
                 stats.count("panoptic", wrote=False)
                 continue
-            semantic = semantic_labels(read_image(raw / "annotations" / split_dir / f"{stem}.png", mode=""))
+            labels = read_image(raw / "annotations" / split_dir / f"{stem}.png", mode="", exif=False)
+            semantic = semantic_labels(labels)
             save_label(semantic, sem_png, stats, overwrite=overwrite, kind="semantic")
-            instance = read_image(raw / "annotations_instance" / split_dir / f"{stem}.png", mode="RGB")
+            instance = read_image(
+                raw / "annotations_instance" / split_dir / f"{stem}.png", mode="RGB", exif=False
+            )
             if instance.shape[:2] != semantic.shape:
                 raise ValueError(
                     f"Instance PNG of {stem} is {instance.shape[1]}x{instance.shape[0]} but its semantic map "

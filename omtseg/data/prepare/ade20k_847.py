@@ -116,10 +116,10 @@ def _ade847_image(image_path: Path, raw: Path, table: np.ndarray) -> tuple[np.nd
             f"{image_path if not image_path.is_file() else seg_path} is listed in index_ade20k.pkl but "
             f"missing; folders are relative to {raw.parent}. Extract the full download there."
         )
-    image = read_image(image_path, mode="")  # (H, W) grey or (H, W, 3), as the reference reads it
+    image = read_image(image_path, mode="", exif=False)  # (H, W) grey or (H, W, 3), as the reference reads it
     if image.ndim == 3 and image.shape[2] != 3:
-        image = read_image(image_path, mode="RGB")
-    class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB"))
+        image = read_image(image_path, mode="RGB", exif=False)
+    class_ids = class_ids_from_seg(read_image(seg_path, mode="RGB", exif=False))
     if class_ids.shape != image.shape[:2]:
         raise ValueError(f"{seg_path} and {image_path} differ in size; the download is damaged.")
     size = shrunk_size(class_ids.shape[0], class_ids.shape[1], MAX_SHORT_SIDE)

@@ -66,7 +66,7 @@ def prepare_pascal_voc_20(
 def _voc20_file(raw: Path, name: str) -> np.ndarray:
     """VOC-20 labels of image ``name`` from its ``SegmentationClass`` PNG."""
     seg = raw / "SegmentationClass" / f"{name}.png"
-    indices = read_image(seg, mode="")
+    indices = read_image(seg, mode="", exif=False)
     if indices.ndim != 2:
         raise ValueError(
             f"{seg} is not a palette PNG; use the SegmentationClass folder of the official VOC2012 tar."
