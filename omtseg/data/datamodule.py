@@ -26,7 +26,7 @@ from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit, Transf
 from omtseg.data.collate import Unreadable, collate, collate_readable
 from omtseg.data.synthetic import make_synthetic_panoptic
 from omtseg.data.transforms import EvalTransform, TrainTransform
-from omtseg.data.vocabulary import read_categories_json
+from omtseg.data.vocabulary import merge_duplicate_classes, read_categories_json
 from omtseg.data.world import make_world_split, world_split_paths
 from omtseg.io import read_checked
 from omtseg.types import ImageInfo, Sample, Vocabulary
@@ -289,6 +289,7 @@ class PanopticDataModule(LightningDataModule):
         stuff = list(self.predict_stuff_names or [])
         if not things and not stuff:
             return self.vocabulary
+        things, stuff = merge_duplicate_classes(things, stuff, source="data.predict_class_names")
         return Vocabulary.from_names(things + stuff, is_thing=[True] * len(things) + [False] * len(stuff))
 
     def _labelled(self, name: str) -> CocoPanopticDataset:

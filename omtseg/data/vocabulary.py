@@ -23,6 +23,7 @@ badly (``floor-wood`` is a wooden floor, not "floor wood") and adds natural syno
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,58 @@ def parse_class_list(
             f"{source} names no class; give one class per entry (\"tv, monitor\" for synonyms, "
             "\"stuff: sky\" for stuff)."
         )
-    return things, stuff
+    return merge_duplicate_classes(things, stuff, source=source)
+
+
+def merge_duplicate_classes(
+    things: Sequence[str], stuff: Sequence[str], *, source: str = "The class list"
+) -> tuple[list[str], list[str]]:
+    """Entries that share a name (case and spacing aside) become one class, with a warning.
+
+    Two classes with one name would split that name's pixels and scores between them. The merged class
+    keeps the place and kind (thing or stuff) of its first entry and the names of all, in order.
+
+    Args:
+        things: thing entries, each a comma-separated synonym list.
+        stuff: stuff entries, likewise.
+        source: what the entries come from, for the warning.
+
+    Returns:
+        (thing entries, stuff entries) without duplicates.
+    """
+    groups: list[tuple[bool, list[str]]] = []  # (is thing, names) per class, in order
+    owner: dict[str, int] = {}  # normalised name -> index into groups
+    repeated: dict[int, list[str]] = {}  # class -> the names given again
+    for thing, entry in [(True, e) for e in things] + [(False, e) for e in stuff]:
+        names = [n.strip() for n in entry.split(",") if n.strip()]
+        found = sorted({owner[k] for k in map(_key, names) if k in owner})
+        if found:
+            repeated.setdefault(found[0], []).extend(n for n in names if _key(n) in owner)
+        else:
+            found = [len(groups)]
+            groups.append((thing, []))
+        target = groups[found[0]][1]
+        for other in found[1:]:  # an entry that joins two earlier classes merges them
+            target += groups[other][1]
+            groups[other][1].clear()
+        for name in names:
+            if _key(name) not in {_key(n) for n in target}:
+                target.append(name)
+        for name in target:
+            owner[_key(name)] = found[0]
+    for index, names in sorted(repeated.items()):
+        warnings.warn(
+            f"{source}: {', '.join(map(repr, names))} named again; merged into one class "
+            f"{', '.join(groups[index][1])!r} (two classes with one name would split its predictions).",
+            UserWarning,
+            stacklevel=2,
+        )
+    kept = [(thing, ", ".join(names)) for thing, names in groups if names]
+    return [e for thing, e in kept if thing], [e for thing, e in kept if not thing]
+
+
+def _key(name: str) -> str:
+    return " ".join(name.lower().split())
 
 
 def class_list_vocabulary(things: Sequence[str], stuff: Sequence[str]) -> Vocabulary:

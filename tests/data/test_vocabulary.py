@@ -2,16 +2,20 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 
+from omtseg.data.datamodule import PanopticDataModule
 from omtseg.data.vocabulary import (
     COCO_PANOPTIC_NAMES,
     category_index,
+    class_list_vocabulary,
     class_synonyms,
     clean_class_name,
     load_categories,
+    parse_class_list,
     read_categories_json,
     vocabulary_from_categories,
 )
@@ -105,3 +109,23 @@ def test_load_categories_accepts_list_or_dataset_json(tmp_path: Path) -> None:
         load_categories(tmp_path / "scalar.json")
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_categories(tmp_path / "missing.json")
+
+
+def test_duplicate_class_names_are_merged_with_a_warning() -> None:
+    entries = ["cat", "Cat", "tv, monitor", "monitor,  screen", "stuff: sky", "stuff: sky", "dog",
+               "stuff: dog"]  # fmt: skip
+    merged = "'monitor' named again; merged into one class 'tv, monitor, screen'"
+    with pytest.warns(UserWarning, match=merged):
+        things, stuff = parse_class_list(entries)
+    assert (things, stuff) == (["cat", "tv, monitor, screen", "dog"], ["sky"])
+    vocabulary = class_list_vocabulary(things, stuff)
+    assert len(vocabulary) == 4 and len(set(vocabulary.names)) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no duplicates, no warning
+        assert parse_class_list(["cat", "dog"]) == (["cat", "dog"], [])
+
+
+def test_predict_class_names_of_the_datamodule_are_merged_too() -> None:
+    dm = PanopticDataModule(predict_class_names=["ball", "Ball", "box"], predict_stuff_names=["sky"])
+    with pytest.warns(UserWarning, match="named again"):
+        assert dm.predict_vocabulary.names == ("ball", "box", "sky")
