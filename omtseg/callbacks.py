@@ -80,8 +80,9 @@ class PanopticPredictionWriter(BasePredictionWriter):
         overlay_alpha: color opacity of overlays.
         overlay_min_side: overlays of smaller images are enlarged (whole factors, nearest) until their
             short side reaches this many pixels, so that class names stay readable on tiny images.
-        image_dir: folder of the original images (``info.file_name`` is relative to it); overlays are
-            then drawn on the files at full quality instead of on the resized batch images.
+        image_dir: folder of the original images (``info.file_name`` is relative to it), where overlays
+            are drawn at full quality; None: the datamodule's ``predict_image_dir``. Only where neither
+            has the file are overlays drawn on the batch image, resized back.
         captioner_ckpt: a captioner saved by :func:`~omtseg.checkpoint.save_captioner` for the
             segmenter being run; every panoptic segment then gets a caption (JSON and overlays).
         caption_max_tokens: caption length limit in tokens.
@@ -112,6 +113,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self.written = 0
         self._captioner: SegmentCaptioner | None = None
         self._tap: SegmenterTap | None = None
+        self._originals: Path | None = None
 
     def on_predict_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A previous run's panoptic.json would look like this run's result until the end: only a run that
@@ -123,6 +125,9 @@ class PanopticPredictionWriter(BasePredictionWriter):
         self._vocabulary = None
         self.failed = {}
         self.written = 0
+        datamodule = getattr(trainer, "datamodule", None)
+        folder = self.image_dir or getattr(datamodule, "predict_image_dir", None)
+        self._originals = Path(folder) if folder is not None else None
         if self.captioner_ckpt is not None and self._captioner is None:
             captioner, config = load_captioner(self.captioner_ckpt)
             width = _segmenter(pl_module).decoder.decoder_norm.normalized_shape[0]
@@ -212,14 +217,22 @@ class PanopticPredictionWriter(BasePredictionWriter):
                 save_image(semantic_category_map(result.semantic, vocabulary), out / "semantic" / stem)
             if not self.overlays:
                 continue
-            if self.image_dir is not None:
-                picture = read_image(self.image_dir / result.info.file_name)
-            else:
-                picture = original_image(image, result.info)
+            picture = self._original(image, result.info)
             picture = overlay_result(
                 picture, result, vocabulary, alpha=self.overlay_alpha, min_side=self.overlay_min_side
             )
             save_image(picture, out / "overlays" / stem)
+
+    def _original(self, image: torch.Tensor, info: ImageInfo) -> np.ndarray:
+        """The picture to draw on: the image file at full quality, else the batch image resized back."""
+        if self._originals is not None:
+            try:
+                picture = read_image(self._originals / info.file_name)
+                if picture.shape[:2] == tuple(info.orig_size):
+                    return picture
+            except (FileNotFoundError, ValueError):
+                pass  # the batch image was read from elsewhere: draw on it
+        return original_image(image, info)
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_tap()

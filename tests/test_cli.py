@@ -373,3 +373,18 @@ def test_make_help_prints_the_datasets_variable() -> None:
     done = subprocess.run(["make", "-s", "help"], cwd=CONFIG.parents[1], capture_output=True, text=True)
     (line,) = [line for line in done.stdout.splitlines() if line.strip().startswith("eval-all")]
     assert "$OMTSEG_DATASETS" in line and "$$" not in line
+
+
+def test_overlays_are_drawn_on_the_original_image(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    root, run = trained
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    fine = (np.indices((150, 200)).sum(0) % 2 * 255).astype(np.uint8)  # a 1-pixel checkerboard
+    Image.fromarray(np.stack([fine] * 3, -1)).save(images / "fine.png")
+    main(_args("predict", root, tmp_path / "run", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+               "--data.init_args.predict_image_dir", str(images),  # no --prediction_writer.image_dir
+               "--prediction_writer.output_dir", str(out), "--prediction_writer.overlay_alpha", "0.0"))
+    overlay = np.asarray(Image.open(out / "overlays" / "fine.png").convert("L")).astype(int)
+    assert overlay.shape == (600, 800)  # 150 x 200, enlarged 4x (nearest) to a 512+ short side
+    # Drawn on the 64-pixel model input, the checkerboard would be a grey blur.
+    assert np.array_equal(overlay[::4, ::4], fine)
