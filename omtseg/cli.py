@@ -174,6 +174,11 @@ class OMTSegCLI(LightningCLI):
                 "them anyway)."
             )
         trainer = config.trainer
+        if self.subcommand == "predict":
+            # Prediction logs nothing: no logger folders or saved config under default_root_dir, so a run
+            # from another directory writes only its --prediction_writer.output_dir.
+            trainer.logger = False
+            self.save_config_callback = None
         if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # The configs ship a RichProgressBar; asking for no bar should not be an error.
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]

@@ -388,3 +388,19 @@ def test_overlays_are_drawn_on_the_original_image(trained: tuple[Path, Path], tm
     assert overlay.shape == (600, 800)  # 150 x 200, enlarged 4x (nearest) to a 512+ short side
     # Drawn on the 64-pixel model input, the checkerboard would be a grey blur.
     assert np.array_equal(overlay[::4, ::4], fine)
+
+
+def test_predict_from_another_directory_writes_only_its_outputs(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, run = trained
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("OMTSEG_DATASETS", raising=False)
+    # The recipe's relative paths (data root "data", default_root_dir "outputs/train") point here.
+    main(["predict", "--config", str(CONFIG), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+          "--data.init_args.predict_image_dir", str(root / "data" / "images" / "test"),
+          "--prediction_writer.output_dir", str(out)])  # fmt: skip
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000000.png", "000001.png"]
+    assert list(elsewhere.iterdir()) == []

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit, Transform
 from omtseg.data.collate import Unreadable, collate, collate_readable
-from omtseg.data.synthetic import make_synthetic_panoptic
+from omtseg.data.synthetic import make_synthetic_panoptic, synthetic_vocabulary
 from omtseg.data.transforms import EvalTransform, TrainTransform
 from omtseg.data.vocabulary import merge_duplicate_classes, read_categories_json
 from omtseg.data.world import make_world_split, world_split_paths
@@ -258,7 +258,14 @@ class PanopticDataModule(LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Write the synthetic dataset or the world when configured (cheap when it already exists)."""
+        """Write the synthetic dataset or the world when configured (cheap when it already exists).
+
+        Not for ``predict``, which reads only its image folder: a prediction run from another directory
+        must not write a dataset there.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.predicting:
+            return
         if self.world is not None:
             w = self.world
             for split, n in (("train", w.num_train), ("val", w.num_val), (w.test_split, w.num_test)):
@@ -277,6 +284,8 @@ class PanopticDataModule(LightningDataModule):
         for name in ("train", "val", "test"):
             if name in self.datasets:
                 return self._labelled(name).vocabulary
+        if self.synthetic is not None:
+            return synthetic_vocabulary()  # known without generating the data (predict does not)
         for split in self.splits.values():
             if split is not None:
                 return read_categories_json(split.categories_json or split.panoptic_json)
