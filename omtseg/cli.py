@@ -122,6 +122,13 @@ class OMTSegCLI(LightningCLI):
             "'stuff: sky' = a stuff class); sets data.predict_class_names/predict_stuff_names.",
         )
         parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=int | None,
+            default=None,
+            help="Save checkpoints/last.ckpt every N optimizer steps, so `--ckpt_path last` resumes from at "
+            "most N steps back (default: at every validation).",
+        )
+        parser.add_argument(
             "--allow_random_weights",
             type=bool,
             default=False,
@@ -179,6 +186,8 @@ class OMTSegCLI(LightningCLI):
             # from another directory writes only its --prediction_writer.output_dir.
             trainer.logger = False
             self.save_config_callback = None
+        if config.get("checkpoint_every_n_steps") is not None:
+            _set_checkpoint_interval(trainer, config.checkpoint_every_n_steps)
         if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
             # The configs ship a RichProgressBar; asking for no bar should not be an error.
             trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
@@ -205,6 +214,25 @@ def _checkpoint_file(config: Any) -> bool:
     """True when the run names a checkpoint file (not one of :data:`LIGHTNING_CKPT_NAMES`)."""
     path = config.get("ckpt_path")
     return bool(path) and path not in LIGHTNING_CKPT_NAMES
+
+
+def _set_checkpoint_interval(trainer: Any, steps: int) -> None:
+    """Make the ``last.ckpt`` checkpoint callback of a parsed trainer config save every ``steps`` steps."""
+    if steps < 1:
+        raise ValueError(f"--checkpoint_every_n_steps must be >= 1, got {steps}.")
+    last = [
+        c
+        for c in trainer.get("callbacks") or []
+        if c.class_path.endswith("ModelCheckpoint") and c.init_args.get("save_last")
+    ]
+    if not last:
+        raise ValueError(
+            "--checkpoint_every_n_steps needs the ModelCheckpoint with save_last of omtseg's trainer "
+            "defaults, but this run's trainer.callbacks replace it; set every_n_train_steps there instead."
+        )
+    for callback in last:
+        callback.init_args.every_n_train_steps = steps
+        callback.init_args.every_n_epochs = None
 
 
 def _given_module_keys(argv: Sequence[str]) -> list[tuple[str, ...]]:

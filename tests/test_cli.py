@@ -15,6 +15,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from lightning import Trainer
 from PIL import Image
 
 from omtseg.captioning.captioner import SegmentCaptioner
@@ -404,3 +405,20 @@ def test_predict_from_another_directory_writes_only_its_outputs(
           "--prediction_writer.output_dir", str(out)])  # fmt: skip
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000000.png", "000001.png"]
     assert list(elsewhere.iterdir()) == []
+
+
+def test_checkpoint_interval_is_an_option(tmp_path: Path) -> None:
+    saved: list[tuple[int, str]] = []
+    save = Trainer.save_checkpoint
+
+    def record(trainer: Trainer, path: Any, *args: Any, **kwargs: Any) -> None:
+        saved.append((trainer.global_step, Path(path).name))
+        save(trainer, path, *args, **kwargs)
+
+    with mock.patch.object(Trainer, "save_checkpoint", autospec=True, side_effect=record):
+        main(_args("fit", tmp_path, tmp_path / "fit", "--trainer.max_steps", "3",
+                   "--data.init_args.synthetic.num_train", "8",  # 4 steps per epoch: no epoch ends first
+                   "--trainer.limit_val_batches", "0", "--checkpoint_every_n_steps", "1"))
+    assert [step for step, name in saved if name == "last.ckpt"][:3] == [1, 2, 3]
+    with pytest.raises(SystemExit):
+        main(_args("fit", tmp_path, tmp_path / "bad", "--checkpoint_every_n_steps", "0"))
