@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from omtseg.data.coco_panoptic import CocoPanopticDataset, PanopticSplit, Transform
 from omtseg.data.collate import Unreadable, collate, collate_readable
@@ -113,6 +113,47 @@ class SeededSampler(Sampler[tuple[int, int]]):
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         seeds = torch.randint(0, 2**62, (n,), generator=g)
         yield from zip(order.tolist(), seeds.tolist(), strict=True)
+
+
+class EvalDistributedSampler(DistributedSampler):
+    """Evaluation order for several processes: each takes a contiguous block of the dataset, unpadded.
+
+    torch's ``DistributedSampler`` pads the dataset to a multiple of the process count by repeating its
+    first items, which then count twice in every metric. Here each item is evaluated exactly once, and
+    the blocks follow the dataset order, so metrics gathered in process order see the images as one
+    process does. Processes may then run different numbers of batches (evaluation needs no collective
+    call per batch).
+    """
+
+    def __init__(self, dataset: Dataset, *, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        n = len(dataset)  # type: ignore[arg-type]
+        per, extra = divmod(n, self.num_replicas)
+        self.start = self.rank * per + min(self.rank, extra)
+        self.num_samples = per + int(self.rank < extra)
+        self.total_size = n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.start + self.num_samples))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def eval_sampler(dataset: Dataset) -> EvalDistributedSampler | None:
+    """:class:`EvalDistributedSampler` when ``torch.distributed`` runs several processes, else None (the
+    dataset order)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        n, processes = len(dataset), dist.get_world_size()  # type: ignore[arg-type]
+        if n < processes:
+            # A process without images would never join the metrics' gathering at the end.
+            raise ValueError(
+                f"The evaluation split has {n} images for {processes} processes; evaluate with at most "
+                "as many processes (--trainer.devices) as images."
+            )
+        return EvalDistributedSampler(dataset)
+    return None
 
 
 @dataclass
@@ -371,8 +412,13 @@ class PanopticDataModule(LightningDataModule):
                 f"The {name} dataset is not set up; call setup() with the matching stage first."
             )
         dataset = self.datasets[name]
-        # Training draws its order and augmentation from (seed, epoch); evaluation keeps file order.
-        sampler = SeededSampler(len(dataset), seed=self.seed) if name == "train" else None
+        # Training draws its order and augmentation from (seed, epoch); evaluation keeps file order and,
+        # across processes, evaluates each image once (prediction is split by Lightning, unpadded too).
+        sampler: Sampler | None = None
+        if name == "train":
+            sampler = SeededSampler(len(dataset), seed=self.seed)
+        elif name in ("val", "test"):
+            sampler = eval_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,

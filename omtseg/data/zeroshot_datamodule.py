@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from omtseg.data.benchmark_registry import SPLIT_DIRS, benchmark_spec, datasets_root, zero_shot_vocabulary
 from omtseg.data.collate import collate
+from omtseg.data.datamodule import eval_sampler
 from omtseg.data.transforms import EvalTransform
 from omtseg.data.zeroshot import ADE20KPanopticDataset, SemanticSegmentationDataset, zero_shot_dataset
 from omtseg.types import Vocabulary
@@ -147,7 +148,7 @@ class ZeroShotDataModule(LightningDataModule):
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=False,
+            sampler=eval_sampler(self.dataset),  # in order; across processes, each image once
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
