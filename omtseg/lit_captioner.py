@@ -25,7 +25,7 @@ from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.inference import match_queries, segmenter_pass
 from omtseg.checkpoint import load_segmenter
 from omtseg.data.regions import RegionBatch
-from omtseg.evaluation.caption import evaluate_captions
+from omtseg.evaluation.caption import evaluate_captions, gather_captions
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Vocabulary
 
@@ -123,8 +123,10 @@ class CaptionerModule(L.LightningModule):
             self._references[rid] = refs
 
     def on_validation_epoch_end(self) -> None:
-        if self._predictions:
-            result = evaluate_captions(self._predictions, self._references)
+        # Over several processes: all regions, each once (the sampler may have repeated some).
+        predictions, references = gather_captions(self._predictions, self._references)
+        if predictions:
+            result = evaluate_captions(predictions, references)
             for name, value in result.scores.items():
                 self.log(f"val/{name}", value, prog_bar=name == "cider_d")
         self._predictions, self._references = {}, {}

@@ -177,6 +177,28 @@ class CaptionEvaluation:
     unavailable: dict[str, str] = field(default_factory=dict)
 
 
+def gather_captions(
+    predictions: Mapping[K, str], references: Mapping[K, Sequence[str]]
+) -> tuple[dict[K, str], dict[K, Sequence[str]]]:
+    """Every process's captions, merged by region id, when ``torch.distributed`` runs several processes
+    (a collective call: every process must make it); this process's otherwise.
+
+    Keyed by region, a region that a padding sampler gave to two processes counts once, so the metrics of
+    :func:`evaluate_captions` equal one process's.
+    """
+    import torch.distributed as dist
+
+    merged_predictions, merged_references = dict(predictions), dict(references)
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return merged_predictions, merged_references
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (merged_predictions, merged_references))
+    for part_predictions, part_references in parts:
+        merged_predictions.update(part_predictions)
+        merged_references.update(part_references)
+    return merged_predictions, merged_references
+
+
 def evaluate_captions(
     predictions: Mapping[K, str],
     references: Mapping[K, Sequence[str]],

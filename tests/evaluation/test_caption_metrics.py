@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import socket
+from typing import Any
 
 import pytest
+import torch.distributed as dist
 
 from omtseg.evaluation import caption
-from omtseg.evaluation.caption import bleu, cider_d, evaluate_captions, java_metrics_status, tokenize
+from omtseg.evaluation.caption import (
+    bleu,
+    cider_d,
+    evaluate_captions,
+    gather_captions,
+    java_metrics_status,
+    tokenize,
+)
 
 
 def test_tokenize_lowercases_and_drops_punctuation() -> None:
@@ -98,3 +109,44 @@ def test_without_java_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(caption.importlib.util, "find_spec", lambda name: object())
     monkeypatch.setattr(caption.shutil, "which", lambda name: None)
     assert all("java" in str(v) for v in java_metrics_status().values())
+
+
+def _scores_over_processes(rank: int, world: int, port: int, queue: Any) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    ids = sorted(PREDICTIONS)
+    padded = ids + ids[: -len(ids) % world]  # as torch's DistributedSampler pads: the first ids again
+    mine = padded[rank::world]
+    predictions, references = gather_captions(
+        {i: PREDICTIONS[i] for i in mine}, {i: REFERENCES[i] for i in mine}
+    )
+    queue.put((rank, evaluate_captions(predictions, references).scores))
+    dist.destroy_process_group()
+
+
+_SAID = [("red", "grass"), ("blue", "sky"), ("red", "sand"), ("green", "grass"), ("pink", "road"),
+         ("red", "sky"), ("blue", "wall")]  # fmt: skip
+_TRUE = [("red", "grass"), ("blue", "sky"), ("pink", "grass"), ("green", "grass"), ("pink", "road"),
+         ("red", "sand"), ("blue", "wall")]  # fmt: skip
+PREDICTIONS = {i: f"a {c} ball on the {p}" for i, (c, p) in enumerate(_SAID)}
+REFERENCES = {i: [f"a {c} ball on {p}", f"the {c} ball"] for i, (c, p) in enumerate(_TRUE)}
+
+
+def test_two_processes_score_each_region_once() -> None:
+    one = evaluate_captions(PREDICTIONS, REFERENCES).scores  # 7 regions: 2 processes get 4 + 4, one twice
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=_scores_over_processes, args=(r, 2, port, queue)) for r in range(2)]
+    for p in processes:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in processes)
+    for p in processes:
+        p.join(timeout=60)
+    for scores in results.values():
+        assert scores.keys() == one.keys()
+        for name, value in one.items():
+            assert math.isclose(scores[name], value, abs_tol=1e-9) or (
+                math.isnan(value) and math.isnan(scores[name])
+            )
