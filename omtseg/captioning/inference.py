@@ -219,8 +219,11 @@ def caption_segments(
     canvas = _canvas(batch.images)
     masks, index = [], []
     for i, result in enumerate(tap.results):
-        for seg in result.panoptic.segments if result.panoptic is not None else []:
-            masks.append(_to_canvas(result.panoptic.id_map == seg.id, result.info, canvas))
+        panoptic = result.panoptic
+        if panoptic is None:
+            continue
+        for seg in panoptic.segments:
+            masks.append(_to_canvas(panoptic.id_map == seg.id, result.info, canvas))
             index.append(i)
     if not masks:
         return tap.results

@@ -199,7 +199,7 @@ def run(config: Path, out: Path, pretrain_config: Path, backbone: Path) -> dict[
         out / "learning_curve.png",
     )
     ckpt, data_root = result["best_checkpoint"], Path(result["data_root"])
-    zero_shot = {split: zero_shot_test(config_args, ckpt, out / "train", split) for split in ("unseen", "novel")}
+    zero_shot = {s: zero_shot_test(config_args, ckpt, out / "train", s) for s in ("unseen", "novel")}
     caption = train_captioner(result.pop("segmenter"), ckpt, data_root, out)
     novel_images = Path(world_split_paths(data_root, "novel").image_dir)
     things, stuff = NOVEL_VOCABULARY
