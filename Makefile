@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard omtseg/_native/*.c omtseg/_native/*
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps torchscale==0.3.0 fairscale==0.4.0
+	@# pycocoevalcap's caption metrics run on Java (without it: our own tokens, labelled not official).
+	@command -v java >/dev/null || (apt-get update && apt-get install -y default-jre-headless) \
+		|| echo "java missing: install default-jre-headless for the official caption metrics"
 	touch $@
 
 install: $(STAMP) ## create .venv with torch 2.13.0 (CPU) and every pinned dependency

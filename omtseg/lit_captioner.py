@@ -3,7 +3,9 @@
 SCA's recipe: the segmenter (SAM there, OMTSeg here) is fixed, and only the feature mixer (and, at a small
 learning rate or not at all, the language model) learns, from region captions (:class:`RegionBatch`). Each
 region is paired with the decoder query whose mask overlaps it most (see :mod:`omtseg.captioning.inference`).
-Validation writes captions greedily and logs ``val/cider_d`` and ``val/bleu_4`` (and METEOR where Java runs).
+Validation writes captions greedily and logs ``val/cider_d``, ``val/bleu_4``, ``val/rouge_l`` and, where
+pycocoevalcap's Java tools run, ``val/meteor``, all on PTB tokens (the official protocol; see
+:mod:`omtseg.evaluation.caption`), else on our tokens with a warning that they are not official.
 
 Checkpoints hold the captioner (the LM included, so a checkpoint is self-contained) and the segmenter's
 weights as loaded, so a ``.ckpt`` alone restores the whole captioning system. For ``omtseg predict
@@ -19,6 +21,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from omtseg.captioning.captioner import SegmentCaptioner
@@ -49,6 +52,8 @@ class CaptionerModule(L.LightningModule):
         max_caption_tokens: training captions are cut to this many tokens (end token included).
         max_new_tokens: caption length limit when decoding (20 in SCA).
         num_beams: 1 decodes greedily (SCA), more runs beam search.
+        official_metrics: score validation with pycocoevalcap's Java tools (PTB tokenizer, METEOR, SPICE where
+            set up); False scores on our tokens only (seconds faster, not comparable with papers).
     """
 
     def __init__(
@@ -63,6 +68,7 @@ class CaptionerModule(L.LightningModule):
         max_caption_tokens: int = 32,
         max_new_tokens: int = 20,
         num_beams: int = 1,
+        official_metrics: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["segmenter", "captioner", "optimizer"])
@@ -77,6 +83,7 @@ class CaptionerModule(L.LightningModule):
         self.max_caption_tokens = max_caption_tokens
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
+        self.official_metrics = official_metrics
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
 
@@ -126,7 +133,9 @@ class CaptionerModule(L.LightningModule):
         # Over several processes: all regions, each once (the sampler may have repeated some).
         predictions, references = gather_captions(self._predictions, self._references)
         if predictions:
-            result = evaluate_captions(predictions, references)
+            result = evaluate_captions(predictions, references, java_metrics=self.official_metrics)
+            if not result.official:
+                rank_zero_warn(f"Validation caption scores: {result.protocol}.")
             for name, value in result.scores.items():
                 self.log(f"val/{name}", value, prog_bar=name == "cider_d")
         self._predictions, self._references = {}, {}

@@ -101,7 +101,9 @@ def train_captioner(
         num_examples: (prediction, reference) pairs kept for the report.
 
     Returns:
-        ``{"checkpoint", "scores" (bleu_1..4, cider_d on val), "examples", "train_s"}``.
+        ``{"checkpoint", "scores" (val: bleu_1..4, rouge_l, cider_d, and meteor where Java runs), "protocol"
+        ("official": pycocoevalcap's PTB tokens, else "not the official tokenizer: <why>"), "unavailable",
+        "examples", "train_s"}``.
     """
     start = time.perf_counter()
     train = region_captions(data_root, "train", image_size)
@@ -127,6 +129,7 @@ def train_captioner(
         class_names=list(train.vocabulary.names),
         optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
         max_new_tokens=16,
+        official_metrics=False,  # validation never runs here (no val loader); val is scored below
     )
     trainer = L.Trainer(
         accelerator="cpu",
@@ -145,11 +148,13 @@ def train_captioner(
     for batch in DataLoader(val, batch_size=batch_size, collate_fn=collate_regions):
         for rid, text, refs in zip(batch.region_ids, module.caption(batch), batch.captions, strict=True):
             predictions[rid], references[rid] = text, refs
-    scores = evaluate_captions(predictions, references, java_metrics=False).scores
+    evaluation = evaluate_captions(predictions, references)  # the official protocol where Java runs
     checkpoint = save_captioner(module.captioner, config, out / "captioner.ckpt")
     return {
         "checkpoint": str(checkpoint),
-        "scores": {k: round(v, 4) for k, v in scores.items()},
+        "scores": {k: round(v, 4) for k, v in evaluation.scores.items()},
+        "protocol": evaluation.protocol,
+        "unavailable": evaluation.unavailable,
         "examples": [
             {"prediction": predictions[k], "reference": references[k][0]}
             for k in list(predictions)[:num_examples]
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{backbone['metrics'].get('val/unigram_acc', float('nan')):.2f}).\n"
         f"Zero-shot PQ, trained on seen classes only: seen {groups['seen']:.1f}, "
         f"unseen compositions {groups['unseen']:.1f}, novel concepts {groups['novel']:.1f}; "
-        f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f}.\n"
+        f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f} "
+        f"({metrics['caption']['protocol']}).\n"
         f"  metrics:        {args.out / 'metrics.json'}\n"
         f"  learning curve: {metrics['learning_curve_png']}\n"
         f"  overlays:       {metrics['overlays'][0]}  (novel names)\n"

@@ -1,4 +1,5 @@
-"""Caption metrics against values computed by hand (coco-caption's definitions)."""
+"""Caption metrics against values computed by hand (coco-caption's definitions); against pycocoevalcap itself
+in test_caption_official.py."""
 
 from __future__ import annotations
 
@@ -10,20 +11,22 @@ from typing import Any
 import pytest
 import torch.distributed as dist
 
-from omtseg.evaluation import caption
 from omtseg.evaluation.caption import (
+    NOT_OFFICIAL,
     bleu,
     cider_d,
     evaluate_captions,
     gather_captions,
-    java_metrics_status,
+    rouge_l,
     tokenize,
 )
 
 
-def test_tokenize_lowercases_and_drops_punctuation() -> None:
+def test_tokenize_lowercases_and_drops_punctuation_as_ptb() -> None:
     assert tokenize("A Red ball, on the grass.") == ["a", "red", "ball", "on", "the", "grass"]
-    assert tokenize("the dog's bowl!") == ["the", "dog's", "bowl"]
+    assert tokenize("the dog's bowl isn't (Café) T-shirt 3.5!") == [
+        "the", "dog", "'s", "bowl", "is", "n't", "-lrb-", "café", "-rrb-", "t-shirt", "3.5"
+    ]  # fmt: skip
 
 
 def test_bleu_by_hand() -> None:
@@ -95,20 +98,22 @@ def test_empty_corpus_and_mismatched_ids() -> None:
         cider_d({1: "a"}, {1: []})
 
 
-def test_missing_java_tools_are_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(caption.importlib.util, "find_spec", lambda name: None)
-    status = java_metrics_status()
-    assert set(status) == {"meteor", "spice"} and all("pycocoevalcap" in str(v) for v in status.values())
-    result = evaluate_captions({1: "a red ball"}, {1: ["a red ball"]})
+def test_rouge_l_by_hand() -> None:
+    # "a red ball on grass" vs "the red ball": LCS "red ball" = 2; precision 2/5, recall 2/3;
+    # vs "a ball": LCS 2, precision 2/5, recall 1 -> the best of each (from different references): P 2/5, R 1.
+    # F = (1 + 1.2^2) P R / (R + 1.2^2 P).
+    p, r, b2 = 2 / 5, 1.0, 1.2**2
+    score, per_id = rouge_l({1: "a red ball on grass", 2: ""}, {1: ["the red ball", "a ball"], 2: ["a cat"]})
+    assert per_id == pytest.approx({1: (1 + b2) * p * r / (r + b2 * p), 2: 0.0})
+    assert score == pytest.approx(per_id[1] / 2)
+
+
+def test_without_java_tools_the_result_is_labelled() -> None:
+    result = evaluate_captions({1: "a red ball"}, {1: ["a red ball"]}, java_metrics=False)
     assert result.scores["cider_d"] == pytest.approx(0.0)  # one image: every idf is log 1 - log 1 = 0
-    assert result.scores["bleu_1"] == pytest.approx(1.0)
+    assert result.scores["bleu_1"] == pytest.approx(1.0) and result.scores["rouge_l"] == pytest.approx(1.0)
+    assert result.protocol.startswith(NOT_OFFICIAL) and NOT_OFFICIAL in result.summary()
     assert set(result.unavailable) == {"meteor", "spice"} and "meteor" not in result.scores
-
-
-def test_without_java_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(caption.importlib.util, "find_spec", lambda name: object())
-    monkeypatch.setattr(caption.shutil, "which", lambda name: None)
-    assert all("java" in str(v) for v in java_metrics_status().values())
 
 
 def _scores_over_processes(rank: int, world: int, port: int, queue: Any) -> None:
@@ -119,7 +124,7 @@ def _scores_over_processes(rank: int, world: int, port: int, queue: Any) -> None
     predictions, references = gather_captions(
         {i: PREDICTIONS[i] for i in mine}, {i: REFERENCES[i] for i in mine}
     )
-    queue.put((rank, evaluate_captions(predictions, references).scores))
+    queue.put((rank, evaluate_captions(predictions, references, java_metrics=False).scores))
     dist.destroy_process_group()
 
 
@@ -132,7 +137,8 @@ REFERENCES = {i: [f"a {c} ball on {p}", f"the {c} ball"] for i, (c, p) in enumer
 
 
 def test_two_processes_score_each_region_once() -> None:
-    one = evaluate_captions(PREDICTIONS, REFERENCES).scores  # 7 regions: 2 processes get 4 + 4, one twice
+    # 7 regions: 2 processes get 4 + 4, one twice
+    one = evaluate_captions(PREDICTIONS, REFERENCES, java_metrics=False).scores
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
