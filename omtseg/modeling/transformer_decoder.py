@@ -34,7 +34,8 @@ def attention_mask(mask_logits: Tensor, *, size: tuple[int, int], num_heads: int
     """
     low = F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
     blocked = low.flatten(2) < 0.0  # sigmoid < 0.5, (B, Q, H_l*W_l)
-    blocked &= ~blocked.all(-1, keepdim=True)
+    # Out of place: ONNX export has no in-place boolean and (aten::__iand_).
+    blocked = blocked & ~blocked.all(-1, keepdim=True)
     return blocked.repeat_interleave(num_heads, dim=0)
 
 
@@ -91,8 +92,11 @@ class DecoderLayer(nn.Module):
             x + query_pos, memory + memory_pos, memory, attn_mask=attn_mask, need_weights=False
         )
         x = self.norms[0](x + out[0])
+        # Key and value as distinct tensors under ONNX export: PyTorch's packed key-is-value projection
+        # traces the number of text entries as a constant, fixing an exported graph's vocabulary size.
+        value = text.clone() if torch.onnx.is_in_onnx_export() else text
         out = self.text_attn(
-            x + query_pos, text, text, key_padding_mask=text_padding_mask, need_weights=False
+            x + query_pos, text, value, key_padding_mask=text_padding_mask, need_weights=False
         )
         x = self.norms[1](x + out[0])
         q = x + query_pos
