@@ -35,7 +35,7 @@ from omtseg.evaluation.export import panoptic_annotation
 from omtseg.io import read_image
 from omtseg.lit_module import OMTSegModule
 from omtseg.modeling.frozen_trunk import SIZE_DIVISOR
-from omtseg.modeling.postprocess import TASKS, masks_to_original
+from omtseg.modeling.postprocess import TASKS, OutputMasks, segment_query_ious
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Sample, Vocabulary
 from omtseg.visualize import overlay_result
@@ -109,7 +109,7 @@ class SegmentationResult:
     def semantic(self) -> np.ndarray:
         """(H, W) int64 per-pixel class index into :attr:`vocabulary` (the best-scoring class)."""
         assert self.raw.semantic is not None
-        return self.raw.semantic.argmax(0).cpu().numpy()
+        return self.raw.semantic.labels.cpu().numpy().astype(np.int64)
 
     @property
     def instances(self) -> list[dict[str, Any]]:
@@ -390,7 +390,8 @@ def _to_cpu(result: ImageResult) -> ImageResult:
     if result.panoptic is not None:
         result.panoptic.id_map = result.panoptic.id_map.cpu()
     if result.semantic is not None:
-        result.semantic = result.semantic.cpu()
+        sem = result.semantic
+        sem.labels, sem.scores = sem.labels.cpu(), None if sem.scores is None else sem.scores.cpu()
     if result.instances is not None:
         inst = result.instances
         inst.masks, inst.labels, inst.scores = inst.masks.cpu(), inst.labels.cpu(), inst.scores.cpu()
@@ -408,10 +409,6 @@ def _segment_embeddings(
     assert result.panoptic is not None
     h, w = batch.images.shape[-2:]
     canvas = (h + (-h % SIZE_DIVISOR), w + (-w % SIZE_DIVISOR))
-    pred = masks_to_original(mask_logits, canvas_hw=canvas, info=result.info) > 0  # (Q, H0, W0)
-    id_map = result.panoptic.id_map.to(pred.device)
-    regions = torch.stack([id_map == s.id for s in segments]).flatten(1).float()  # (S, H0 W0)
-    masks = pred.flatten(1).float()  # (Q, H0 W0)
-    inter = regions @ masks.T  # (S, Q)
-    union = regions.sum(1, keepdim=True) + masks.sum(1)[None] - inter
-    return queries[(inter / union.clamp(min=1)).argmax(1)].float().cpu().numpy()
+    masks = OutputMasks(mask_logits, canvas_hw=canvas, info=result.info)
+    ious = segment_query_ious(masks, result.panoptic.id_map.to(mask_logits.device), [s.id for s in segments])
+    return queries[ious.argmax(1)].float().cpu().numpy()

@@ -38,6 +38,8 @@ from omtseg.types import Batch, ImageInfo, ImageResult, Vocabulary
 from omtseg.visualize import overlay_result
 
 _PARTS = ".panoptic_parts"
+WRITTEN_TASKS = ("panoptic", "semantic")
+"""The post-processing tasks whose results the writer writes (instances are not written)."""
 
 
 def original_image(image: torch.Tensor, info: ImageInfo) -> np.ndarray:
@@ -122,6 +124,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
             (self.output_dir / "panoptic.json").unlink(missing_ok=True)
             shutil.rmtree(self.output_dir / _PARTS, ignore_errors=True)
         trainer.strategy.barrier()
+        self._narrow_tasks(pl_module)
         self._vocabulary = None
         self.failed = {}
         self.written = 0
@@ -138,6 +141,22 @@ class PanopticPredictionWriter(BasePredictionWriter):
                     f"segmenter's are {width} wide; use the captioner trained on this segmenter."
                 )
             self._captioner = captioner.to(pl_module.device)
+
+    @staticmethod
+    def _narrow_tasks(pl_module: L.LightningModule) -> None:
+        """Let ``predict_step`` compute only what this writer writes: instance masks at the original size
+        (up to ``instance_top_k`` full-size masks per image) would cost memory and time for nothing."""
+        module: Any = pl_module  # an OMTSegModule (not imported here: Lightning modules sit above callbacks)
+        tasks = getattr(module, "predict_tasks", None)
+        if tasks is None:
+            return
+        written = tuple(t for t in tasks if t in WRITTEN_TASKS)
+        if not written:
+            raise ValueError(
+                f"predict_tasks {list(tasks)}: the prediction writer writes only {list(WRITTEN_TASKS)} "
+                "outputs; ask for one of them (e.g. --model.predict_tasks '[panoptic, semantic]')."
+            )
+        module.predict_tasks = written
 
     def on_predict_batch_start(
         self,
@@ -214,7 +233,7 @@ class PanopticPredictionWriter(BasePredictionWriter):
         for image, result in zip(batch.images, prediction, strict=True):
             stem = Path(result.info.file_name).with_suffix(".png").as_posix()
             if result.semantic is not None:
-                save_image(semantic_category_map(result.semantic, vocabulary), out / "semantic" / stem)
+                save_image(semantic_category_map(result.semantic.labels, vocabulary), out / "semantic" / stem)
             if not self.overlays:
                 continue
             picture = self._original(image, result.info)

@@ -330,17 +330,30 @@ class InstanceResult:
 
 
 @dataclass
+class SemanticResult:
+    """Semantic output at the original image size: one class per pixel, not K score maps.
+
+    Attributes:
+        labels: (H0, W0) int32 class indices into the vocabulary, each pixel's best-scoring class.
+        scores: (H0, W0) float32 that class's score (``sum_q p(k) * p(object) * mask_prob``), or None.
+    """
+
+    labels: Tensor
+    scores: Tensor | None = None
+
+
+@dataclass
 class ImageResult:
     """Everything inference produces for one image.
 
     Attributes:
         info: the image's provenance.
         panoptic: panoptic result, or None when not requested.
-        semantic: (K, H0, W0) float per-class scores, or None.
+        semantic: per-pixel class labels (and their scores), or None.
         instances: instance result, or None.
     """
 
     info: ImageInfo
     panoptic: PanopticResult | None = None
-    semantic: Tensor | None = None
+    semantic: SemanticResult | None = None
     instances: InstanceResult | None = None

@@ -193,7 +193,7 @@ def overlay_result(
         segments = result.panoptic.segments
         return overlay_panoptic(_enlarge(image, scale), ids, segments, vocabulary, alpha=alpha)
     if result.semantic is not None:
-        classes = _enlarge(result.semantic.argmax(0).cpu().numpy(), scale)
+        classes = _enlarge(result.semantic.labels.cpu().numpy(), scale)
         return overlay_semantic(_enlarge(image, scale), classes, vocabulary, alpha=alpha)
     return image
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lion_pytorch import Lion
 
+from omtseg.callbacks import PanopticPredictionWriter
 from omtseg.data.datamodule import PanopticDataModule, SyntheticData
 from omtseg.evaluation.export import export_panoptic_predictions
 from omtseg.evaluation.panoptic import pq_compute
@@ -182,8 +183,26 @@ def test_predict_step_returns_results_at_original_size(data: PanopticDataModule)
     assert len(results) == len(batch)
     for r in results:
         assert tuple(r.panoptic.id_map.shape) == r.info.orig_size
-        assert r.semantic.shape == (len(batch.vocabulary), *r.info.orig_size)
+        assert r.semantic.labels.shape == r.info.orig_size
+        assert 0 <= int(r.semantic.labels.min()) and int(r.semantic.labels.max()) < len(batch.vocabulary)
         assert r.instances is None
+
+
+def test_prediction_writer_asks_only_for_what_it_writes(data: PanopticDataModule, tmp_path: Path) -> None:
+    # The writer writes panoptic and semantic outputs, never instances: predict_step must not spend
+    # instance_top_k full-size masks per image on them.
+    module = _module()
+    writer = PanopticPredictionWriter(output_dir=str(tmp_path / "out"), overlays=False)
+    trainer = _trainer(tmp_path, callbacks=[writer])
+    results = trainer.predict(module, dataloaders=data.val_dataloader(), return_predictions=True)
+    assert module.predict_tasks == ("panoptic", "semantic")
+    for r in (r for batch in results for r in batch):
+        assert r.instances is None and r.panoptic is not None and r.semantic is not None
+    assert len(list((tmp_path / "out" / "semantic").iterdir())) == 2
+    with pytest.raises(ValueError, match="writes only"):
+        _trainer(tmp_path, callbacks=[writer]).predict(
+            _module(predict_tasks=("instance",)), dataloaders=data.val_dataloader()
+        )
 
 
 def test_bad_arguments_are_rejected() -> None:

@@ -95,7 +95,8 @@ class SegmentWriter:
         name = record["file_name"]
         save_image(np.asarray(png), self.out / "panoptic" / name)
         assert result.raw.semantic is not None
-        save_image(semantic_category_map(result.raw.semantic, self.vocabulary), self.out / "semantic" / name)
+        labels = result.raw.semantic.labels
+        save_image(semantic_category_map(labels, self.vocabulary), self.out / "semantic" / name)
         save_image(np.asarray(result.overlay(min_side=OVERLAY_MIN_SIDE)), self.out / "overlays" / name)
         self.annotations.append(record)
         self._line({"file": str(path), **result.to_json()})

@@ -114,12 +114,12 @@ def panoptic_annotation(
     return annotation, id2rgb(id_map)
 
 
-def semantic_category_map(semantic: Tensor, vocabulary: Vocabulary) -> np.ndarray:
-    """Per-class scores (K, H0, W0) -> the (H0, W0) semantic PNG's values: each pixel's best category id,
-    uint8, or uint16 when an id exceeds 255."""
+def semantic_category_map(labels: Tensor, vocabulary: Vocabulary) -> np.ndarray:
+    """Per-pixel class indices (H0, W0) -> the semantic PNG's values: each pixel's category id, uint8, or
+    uint16 when an id exceeds 255."""
     category_ids = np.asarray(vocabulary.category_ids)
     dtype = np.uint8 if category_ids.max() < 256 else np.uint16
-    return category_ids[semantic.argmax(0).cpu().numpy()].astype(dtype)
+    return category_ids[labels.cpu().numpy()].astype(dtype)
 
 
 def export_panoptic_predictions(

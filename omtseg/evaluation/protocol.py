@@ -85,7 +85,8 @@ class SegmentationEvaluator:
                 self.metrics["instance"].update([r.instances for r in results], targets)
         if "semantic" in self.metrics:
             for r, truth in zip(results, self._semantic_truths(batch), strict=True):
-                self.metrics["semantic"].update(r.semantic, truth)
+                assert r.semantic is not None, "the model predicts every task in self.tasks"
+                self.metrics["semantic"].update(r.semantic.labels, truth)
 
     def _targets(self, batch: Batch) -> list[Targets] | None:
         if batch.targets is None:
