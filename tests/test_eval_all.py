@@ -13,6 +13,7 @@ from omtseg.checkpoint import check_checkpoint
 from omtseg.cli import build_cli, run_command
 from omtseg.commands.eval_all import main, plan, results_table
 from omtseg.data.synthetic_benchmark import write_synthetic_benchmark
+from omtseg.data.world import make_world_split
 
 REPO = Path(__file__).resolve().parents[1]
 PQ_KEYS = {f"test/{m}{s}" for m in ("pq", "sq", "rq") for s in ("", "_th", "_st")}
@@ -146,3 +147,47 @@ def test_extra_commands_beside_lightning_cli(tmp_path: Path, capsys: pytest.Capt
     assert "omtseg prepare: error" in capsys.readouterr().err
     assert run_command(["eval-all", "--ckpt", str(tmp_path / "x.ckpt"), "--root", str(tmp_path)]) == 2
     assert "omtseg eval-all: error: Checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["seen", "unseen", "novel"])
+def test_omtseg_test_runs_each_world_config(name: str, checkpoint: Path, tmp_path: Path) -> None:
+    split = "test" if name == "seen" else name
+    args = ["test", "--config", str(REPO / f"configs/eval/world_{name}.yaml"), "--ckpt_path", str(checkpoint),
+            "--data.init_args.root", str(tmp_path / "world"), "--data.init_args.world.num_test", "2",
+            "--trainer.accelerator", "cpu", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+            ]  # fmt: skip
+    cli = build_cli(args)
+    assert cli.model.model.decoder.query_feat.num_embeddings == NUM_QUERIES
+    # Only the evaluated split is written: an evaluation does not generate training images.
+    assert sorted(p.name for p in (tmp_path / "world" / "images").iterdir()) == [split]
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    groups = {"seen"} if name == "seen" else {"seen", name}
+    assert {"test/pq", "test/miou"} | {f"test/pq_{g}" for g in groups} <= set(logged)
+    assert all(0.0 <= v <= 100.0 for v in logged.values())
+
+
+def test_eval_all_reports_the_world_sets(checkpoint: Path, tmp_path: Path) -> None:
+    world = tmp_path / "world"
+    for split in ("unseen", "novel"):
+        make_world_split(world, split, 2)
+    out = tmp_path / "eval"
+    argv = ["--ckpt", str(checkpoint), "--out", str(out), "--root", str(tmp_path / "none"), "--world-root",
+            str(world), "--num-workers", "0", "--accelerator", "cpu", "--quiet"]  # fmt: skip
+    assert main(argv) == 0  # no real benchmark, but world sets: something to evaluate
+    groups = json.loads((out / "results.json").read_text())["groups"]
+    seen = groups["world_seen"]
+    assert seen["benchmark"] is None and "panoptic_test.json not found" in seen["notes"][0]
+    for name in ("unseen", "novel"):
+        entry = groups[f"world_{name}"]
+        assert entry["benchmark"] == name and entry["images"] == 2
+        assert {"pq", "miou", f"pq_{name}", "pq_seen"} <= set(entry["metrics"])
+    table = (out / "results.md").read_text()
+    world_rows = table.split("Open-vocabulary world")[1].splitlines()
+    header = next(line for line in world_rows if line.startswith("| set"))
+    assert header.split("|")[2].strip() == "PQ" and "PQ novel" in header
+    body = [line for line in world_rows if line.startswith("| ") and "set" not in line]
+    rows = {line.split("|")[1].strip(): line for line in body}
+    assert set(rows) == {"unseen", "novel"}
+    pq_novel = float(rows["novel"].split("|")[5])
+    assert pq_novel == pytest.approx(groups["world_novel"]["metrics"]["pq_novel"], abs=0.05)

@@ -12,6 +12,13 @@ Every run loads the checkpoint with its saved model config and the metrics its b
 (``eval_tasks``), and evaluates through ``Trainer.test`` with :class:`ZeroShotDataModule`: the same path
 as ``omtseg test --config configs/eval/<benchmark>.yaml``. Outputs: ``results.md`` (the table),
 ``results.json`` (every logged metric, images, seconds, skip reasons) and Lightning CSV logs.
+
+The open-vocabulary world's test sets (:mod:`omtseg.data.world`: ``test`` with the seen classes, ``unseen``
+compositions and ``novel`` concepts, prompted with all 28 names) are evaluated too when they exist under the
+world root (``<datasets root>/world`` by default, where ``configs/world.yaml`` and ``make demo`` write them),
+with PQ and mIoU per class group in a second table, as ``omtseg test --config configs/eval/world_novel.yaml``
+gives them. A world is synthetic: its numbers are no substitute for the real benchmarks, they show whether a
+checkpoint reads names it never saw labelled.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from omtseg.checkpoint import check_checkpoint
 from omtseg.data.benchmark_registry import BENCHMARKS, DATASETS_ENV, datasets_root
+from omtseg.data.datamodule import PanopticDataModule
+from omtseg.data.world import world_split_paths
 from omtseg.data.zeroshot_datamodule import ZeroShotDataModule, benchmark_missing, benchmark_tasks
 from omtseg.io import save_json
 from omtseg.lit_module import OMTSegModule
@@ -53,6 +62,22 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "pascal_context_59": ("pascal_context_59",),
     "pascal_voc_20": ("pascal_voc_20",),
 }
+
+WORLD_SETS: dict[str, str] = {
+    # evaluation group -> split of the open-vocabulary world (omtseg.data.world)
+    "world_seen": "test",
+    "world_unseen": "unseen",
+    "world_novel": "novel",
+}
+WORLD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("PQ", "pq"),
+    ("PQ seen", "pq_seen"),
+    ("PQ unseen", "pq_unseen"),
+    ("PQ novel", "pq_novel"),
+    ("mIoU", "miou"),
+    ("mIoU unseen", "miou_unseen"),
+    ("mIoU novel", "miou_novel"),
+)
 
 
 @dataclass
@@ -82,6 +107,56 @@ def plan(root: str | Path | None = None, split: str = "val") -> list[Planned]:
             notes.append(f"{BENCHMARKS[name].title}: {reason}")
         planned.append(Planned(group=group, benchmark=chosen, notes=notes))
     return planned
+
+
+def plan_world(world_root: str | Path) -> list[Planned]:
+    """Which world sets exist under ``world_root`` (``benchmark``: the split), with a note for the others."""
+    planned = []
+    for group, split in WORLD_SETS.items():
+        json_path = Path(world_split_paths(world_root, split).panoptic_json)
+        present = json_path.is_file()
+        notes = (
+            []
+            if present
+            else [
+                f"{json_path} not found (`make demo`, or `omtseg test --config configs/eval/{group}.yaml`, "
+                "writes it)"
+            ]
+        )
+        planned.append(Planned(group=group, benchmark=split if present else None, notes=notes))
+    return planned
+
+
+def evaluate_world(
+    ckpt: str | Path,
+    split: str,
+    *,
+    world_root: str | Path,
+    log_dir: str | Path = "outputs/eval",
+    batch_size: int = 20,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> tuple[dict[str, float], int]:
+    """Test ``ckpt`` on one split of the open-vocabulary world at the images' own size (PQ and mIoU, per
+    class group); returns the logged metrics without ``test/`` and the number of images."""
+    module = OMTSegModule.load_from_checkpoint(ckpt, map_location="cpu", eval_tasks=("panoptic", "semantic"))
+    data = PanopticDataModule(
+        root=str(world_root),
+        test=world_split_paths("", split),
+        eval_size=None,
+        eval_batch_size=batch_size,
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=CSVLogger(str(log_dir), name=f"world_{split}"),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+    )
+    logged = trainer.test(module, datamodule=data, verbose=False)[0]
+    metrics = {key.removeprefix("test/"): float(value) for key, value in logged.items()}
+    return metrics, len(data.datasets["test"])
 
 
 def evaluate(
@@ -142,7 +217,21 @@ def results_table(groups: dict[str, dict[str, Any]], checkpoint: str) -> str:
         "",
         "mIoU on A-847 ... PAS-20; PQ and AP on ADE20K-150 panoptic; percent.",
     ]
-    notes = [(g, n) for g, r in groups.items() for n in r.get("notes", [])]
+    world = [g for g in WORLD_SETS if groups.get(g, {}).get("benchmark") is not None]
+    if world:
+        lines += [
+            "",
+            "Open-vocabulary world (synthetic, trained on its seen classes; percent):",
+            "",
+            "| set | " + " | ".join(h for h, _ in WORLD_COLUMNS) + " |",
+            "|---|" + "---:|" * len(WORLD_COLUMNS),
+        ]
+        for g in world:
+            metrics = groups[g].get("metrics", {})
+            lines.append(
+                f"| {WORLD_SETS[g]} | " + " | ".join(_cell(metrics.get(m)) for _, m in WORLD_COLUMNS) + " |"
+            )
+    notes = [(g, n) for g, r in groups.items() for n in r.get("notes", []) if g not in WORLD_SETS]
     if notes:
         lines += ["", "Skipped or partial:"] + [f"- {group}: {note}" for group, note in notes]
     return "\n".join(lines) + "\n"
@@ -153,6 +242,7 @@ def run(
     out: str | Path,
     *,
     root: str | Path | None = None,
+    world_root: str | Path | None = None,
     **evaluate_kw: Any,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` on every benchmark present under ``root``; write ``results.{md,json}`` in ``out``.
@@ -161,6 +251,7 @@ def run(
         ckpt: a ``.ckpt`` written by ``omtseg fit``.
         out: output folder.
         root: datasets root (default ``$OMTSEG_DATASETS`` or ``data/``).
+        world_root: where the open-vocabulary world lies (default ``<root>/world``).
         **evaluate_kw: passed to :func:`evaluate` (``eval_size``, ``batch_size``, ``num_workers``,
             ``accelerator``, ``progress``, ``split``).
 
@@ -176,11 +267,13 @@ def run(
     ckpt = Path(ckpt)
     check_checkpoint(ckpt, need_model_config=True)
     planned = plan(root, split=evaluate_kw.get("split", "val"))
-    if all(p.benchmark is None for p in planned):
+    world_root = Path(world_root) if world_root is not None else datasets_root(root) / "world"
+    world = plan_world(world_root)
+    if all(p.benchmark is None for p in planned + world):
         raise FileNotFoundError(
             f"No zero-shot benchmark is prepared under {datasets_root(root)} (set --root or "
             f"${DATASETS_ENV}); build them with `omtseg prepare <benchmark> --src RAW --dst ROOT`.\n"
-            + "\n".join(n for p in planned for n in p.notes)
+            + "\n".join(n for p in planned + world for n in p.notes)
         )
     groups: dict[str, dict[str, Any]] = {}
     for p in planned:
@@ -189,6 +282,20 @@ def run(
             start = time.perf_counter()
             entry["metrics"], entry["images"] = evaluate(
                 ckpt, p.benchmark, root=root, log_dir=out / "logs", **evaluate_kw
+            )
+            entry["seconds"] = round(time.perf_counter() - start, 2)
+        groups[p.group] = entry
+    for p in world:
+        entry = {"benchmark": p.benchmark, "metrics": {}, "notes": list(p.notes)}
+        if p.benchmark is not None:
+            start = time.perf_counter()
+            entry["metrics"], entry["images"] = evaluate_world(
+                ckpt,
+                p.benchmark,
+                world_root=world_root,
+                log_dir=out / "logs",
+                accelerator=evaluate_kw.get("accelerator", "auto"),
+                progress=evaluate_kw.get("progress", True),
             )
             entry["seconds"] = round(time.perf_counter() - start, 2)
         groups[p.group] = entry
@@ -210,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `omtseg fit`")
     parser.add_argument("--out", default="outputs/eval", help="output folder (default outputs/eval)")
     parser.add_argument("--root", default=None, help=f"datasets root (default ${DATASETS_ENV} or data/)")
+    parser.add_argument(
+        "--world-root", default=None, help="open-vocabulary world's folder (default ROOT/world)"
+    )
     parser.add_argument("--eval-size", type=int, default=640, help="long side of test images, pixels")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-workers", type=int, default=2)
@@ -221,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.ckpt,
         args.out,
         root=args.root,
+        world_root=args.world_root,
         eval_size=args.eval_size,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
