@@ -322,7 +322,8 @@ class VisualAdapter(nn.Module):
         c_shapes = [tuple(m.shape[-2:]) for m in c_maps[1:]]
         tokens = [m.flatten(2).transpose(1, 2) + e for m, e in zip(c_maps[1:], self.level_embed, strict=True)]
         c = torch.cat(tokens, dim=1)  # (B, Nc, D)
-        patch_hw = (h // 16, w // 16)
+        patch = self.backbone.patch_size  # 16 for BEiT-3; the tiny world trunk may use 8
+        patch_hw = (h // patch, w // patch)
         dev = images.device
         inj_shapes = torch.tensor(c_shapes, dtype=torch.long, device=dev)  # (3, 2)
         ext_shapes = torch.tensor([patch_hw], dtype=torch.long, device=dev)  # (1, 2)
@@ -341,7 +342,7 @@ class VisualAdapter(nn.Module):
             last_stage = i == len(self.groups) - 1
             for extractor in [self.extractors[i], *(self.extra_extractors if last_stage else [])]:
                 c = extractor(c, ext_ref, patches, ext_shapes, ext_starts, c_shapes)
-            stage_patches.append(patches.transpose(1, 2).unflatten(2, patch_hw))  # (B, D, H/16, W/16)
+            stage_patches.append(patches.transpose(1, 2).unflatten(2, patch_hw))  # (B, D, H/p, W/p)
 
         c_levels = c.split([hh * ww for hh, ww in c_shapes], dim=1)
         c8, c16, c32 = (t.transpose(1, 2).unflatten(2, hw) for t, hw in zip(c_levels, c_shapes, strict=True))

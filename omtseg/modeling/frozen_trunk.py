@@ -21,7 +21,7 @@ from .backbone.beit3 import BEiT3
 from .shapes import ShapeSpec
 
 PATCH_SIZE = 16
-"""The stride at which the wrappers place BEiT-3's patch tokens."""
+"""BEiT-3's patch size (every official checkpoint); the wrappers also take 8 or 32 (any divisor of 32)."""
 
 Norm = Literal["group", "batch"]
 STRIDES = {"f1": 4, "f2": 8, "f3": 16, "f4": 32}
@@ -60,12 +60,13 @@ def freeze(backbone: BEiT3, *, freeze_position_embeddings: bool) -> None:
     ``freeze_position_embeddings``. The wrapper keeps the trunk in eval mode in its own ``train``.
 
     Raises:
-        ValueError: the trunk's patches are not 16 pixels (the pyramid places them at stride 16).
+        ValueError: the trunk's patch size does not divide 32 (images are padded to multiples of 32, and
+            the patch grid must tile them exactly).
     """
-    if backbone.patch_size != PATCH_SIZE:
+    if SIZE_DIVISOR % backbone.patch_size:
         raise ValueError(
-            f"The dense wrappers place patch tokens at stride {PATCH_SIZE}, but the backbone's patch_size is "
-            f"{backbone.patch_size}; use a BEiT-3 with patch_size={PATCH_SIZE}."
+            f"The dense wrappers need a patch size dividing {SIZE_DIVISOR} (images are padded to multiples "
+            f"of {SIZE_DIVISOR}), but the backbone's patch_size is {backbone.patch_size}; use 8, 16 or 32."
         )
     for p in backbone.parameters():
         p.requires_grad_(False)

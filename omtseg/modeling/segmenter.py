@@ -84,6 +84,8 @@ class OMTSeg(nn.Module):
         backbone: BEiT-3 preset: "tiny" (tests, demos), "base" or "large" (the paper's).
         img_size: image side BEiT-3's vision position table is built for (the checkpoint's, usually 224);
             other input sizes resample it.
+        patch_size: BEiT-3's patch side: 16 for every official checkpoint; the open-vocabulary world's
+            tiny trunk uses 8, so its 64-pixel images hold an 8 x 8 grid (a shape spans several patches).
         activation_checkpointing: recompute BEiT-3 blocks in backward to save memory.
         cross_modal: joint image-text BEiT-3 passes (True, the paper) or a separate text pass (False).
         text_attention: ``"sequential"`` (the paper's prompt), ``"per_name"`` or ``"one_way"`` (see the
@@ -114,6 +116,7 @@ class OMTSeg(nn.Module):
         *,
         backbone: BackboneName = "base",
         img_size: int = 224,
+        patch_size: int = 16,
         activation_checkpointing: bool = False,
         cross_modal: bool = True,
         text_attention: TextAttention = "sequential",
@@ -140,7 +143,9 @@ class OMTSeg(nn.Module):
         if backbone not in PRESETS:
             raise ValueError(f"Unknown backbone {backbone!r}; choose one of {sorted(PRESETS)}.")
         factory, trunk_heads = PRESETS[backbone]
-        trunk = factory(img_size=img_size, activation_checkpointing=activation_checkpointing)
+        trunk = factory(
+            img_size=img_size, patch_size=patch_size, activation_checkpointing=activation_checkpointing
+        )
         wrapper_kw: dict[str, Any] = dict(
             backbone=trunk, out_channels=adapter_channels, cross_modal=cross_modal
         )

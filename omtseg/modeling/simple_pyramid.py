@@ -2,13 +2,15 @@
 
 BEiT-3 runs unchanged; its final patch states (stride 16) are resampled to strides 4 (two stride-2 transposed
 convs), 8 (one), 16 (as is) and 32 (2x2 max pool), then each level is projected to C channels by a 1x1 and a
-3x3 conv, each followed by a norm, as ViTDet does.
+3x3 conv, each followed by a norm, as ViTDet does. A trunk with other patches (8 px, the world's tiny
+trunk) has its grid resized to stride 16 first (bilinear), so the pyramid is the same.
 
 Shape letters: B batch, D BEiT-3 width, C output channels, L text tokens, H, W image pixels.
 """
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapter import init_adapter_weights
@@ -111,7 +113,10 @@ class SimplePyramid(nn.Module):
         for block in self.backbone.blocks:
             x = block(x, vision_len=vision_len, padding_mask=padding_mask, attn_mask=joint_mask)
         patches = self.backbone.final_norm.A(x[:, 1:vision_len])  # (B, Np, D), the vision expert's norm
-        grid = patches.transpose(1, 2).unflatten(2, (h // 16, w // 16))  # (B, D, H/16, W/16)
+        p = self.backbone.patch_size
+        grid = patches.transpose(1, 2).unflatten(2, (h // p, w // p))  # (B, D, H/p, W/p)
+        if p != 16:
+            grid = F.interpolate(grid, (h // 16, w // 16), mode="bilinear", align_corners=False)
         levels = [proj(resample(grid)) for resample, proj in zip(self.resample, self.project, strict=True)]
         text = text_states(
             self.backbone, x, vision_len, cross_modal=self.cross_modal, attn_mask=attn_mask, **text_input

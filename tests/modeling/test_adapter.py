@@ -187,5 +187,25 @@ def test_bad_inputs_raise() -> None:
         VisualAdapter(backbone=_backbone(), num_heads=4, interaction_groups=[(0, 0), (0, 1)])
     with pytest.raises(ValueError, match="num_heads"):
         VisualAdapter(backbone=_backbone(), num_heads=5)
-    with pytest.raises(ValueError, match="patch_size"):
-        VisualAdapter(backbone=beit3_tiny(img_size=64, patch_size=8, depth=1, vocab_size=10), num_heads=4)
+    with pytest.raises(ValueError, match="patch_size is 12"):
+        VisualAdapter(backbone=beit3_tiny(img_size=96, patch_size=12, depth=1, vocab_size=10), num_heads=4)
+
+
+@pytest.mark.parametrize("cls", [VisualAdapter, SimplePyramid])
+def test_8_pixel_patches(cls: type) -> None:
+    """The world's tiny trunk has 8-pixel patches: the same pyramid, its features read the finer grid."""
+    kw = {"num_heads": 4, "stem_channels": 8} if cls is VisualAdapter else {}
+    torch.manual_seed(1)
+    model = cls(backbone=_backbone(patch_size=8), out_channels=32, **kw)
+    images, text, mask = _inputs(2, 64, 96)
+    out = model(images, text, None, mask)
+    _check_output(out, model.output_shapes(), 2, 64, 96)
+    full = model.backbone(image=images, text_embeds=text, text_padding_mask=mask)
+    assert full.shape[1] - text.shape[1] == 1 + (64 // 8) * (96 // 8)  # CLS + an 8 x 12 grid
+    if cls is SimplePyramid:  # text untouched by the pyramid: exactly BEiT-3's joint encoding
+        assert torch.allclose(out.text[~mask], full[:, -text.shape[1] :][~mask], atol=1e-5)
+    # A change inside one 8-pixel patch reaches the output at that place.
+    changed = images.clone()
+    changed[..., :8, :8] += 3.0
+    delta = (model(changed, text, None, mask).features["f2"] - out.features["f2"]).abs().sum(1)
+    assert delta[:, :2, :2].mean() > delta[:, 4:, 6:].mean()

@@ -170,6 +170,15 @@ def test_ablation_simple_pyramid_and_frozen_prompts() -> None:
     assert pred.class_logits.shape == (1, 5, 3) and model.prompts.wls.grad is None
 
 
+def test_patch_size_reaches_the_trunk_and_weights_of_another_patch_size_are_refused() -> None:
+    model = tiny(patch_size=8)
+    assert model.backbone.patch_size == 8 and model.backbone.grid == (8, 8)
+    pred = model(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8), VOCAB)
+    assert pred.class_logits.shape == (2, 5, 3) and pred.mask_logits.shape[-2:] == (16, 24)
+    with pytest.raises(ValueError, match="vision_embed.proj.weight"):  # a 16-pixel checkpoint does not fit
+        model.load_backbone_weights(BEiT3(embed_dim=64, depth=4, num_heads=4, img_size=64).state_dict())
+
+
 def test_backbone_weights_restart_the_prompt_vector(model: OMTSeg) -> None:
     other = BEiT3(embed_dim=64, depth=4, num_heads=4, img_size=64)
     model.load_backbone_weights(other.state_dict())
