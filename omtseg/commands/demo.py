@@ -46,7 +46,7 @@ from omtseg.data.transforms import EvalTransform
 from omtseg.data.vocabulary import read_categories_json
 from omtseg.data.world import world_split_paths
 from omtseg.evaluation.caption import evaluate_captions
-from omtseg.io import save_image, save_json
+from omtseg.io import load_json, save_image, save_json
 from omtseg.lit_captioner import CaptionerModule
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.visualize import line_plot
@@ -61,6 +61,33 @@ NOVEL_VOCABULARY = (
 )
 """(things, stuff) a user might type to find novel concepts: orange, cross, snow and lava are words no
 segmentation label of the world holds; the rest are seen or unseen-composition names as distractors."""
+
+DISTRACTORS = (
+    ["purple ball", "pink box", "white ring", "black star", "brown triangle"],
+    ["mud", "ice", "forest"],
+)
+"""(things, stuff) of nothing in the world, words no caption holds either: added to the vocabulary, a model
+that reads names gives them no pixel of the novel classes."""
+
+
+def names_not_positions(
+    config_args: list[str], ckpt: str, run_dir: Path, data_root: Path, out: Path
+) -> dict[str, float | None]:
+    """Novel-concept PQ of ``ckpt`` with the novel split's 28 names in reverse order, and with the 8
+    :data:`DISTRACTORS` added: a model that reads the names, not their positions, keeps its PQ."""
+    categories = load_json(Path(str(world_split_paths(data_root, "novel").categories_json)))
+    things, stuff = DISTRACTORS
+    extra = [
+        {"id": 201 + i, "name": name, "isthing": int(i < len(things)), "color": [60 + 20 * i, 60, 90],
+         "supercategory": "thing" if i < len(things) else "stuff", "split": "distractor"}
+        for i, name in enumerate(things + stuff)
+    ]  # fmt: skip
+    pq: dict[str, float | None] = {}
+    for variant, cats in (("reversed", categories[::-1]), ("distractors", categories + extra)):
+        path = out / f"categories_novel_{variant}.json"
+        save_json(cats, path, indent=1)
+        pq[variant] = zero_shot_test(config_args, ckpt, run_dir, "novel", path).get("test/pq_novel")
+    return pq
 
 
 def region_captions(data_root: Path, split: str, image_size: int) -> PanopticRegionCaptions:
@@ -205,6 +232,10 @@ def run(config: Path, out: Path, pretrain_config: Path, backbone: Path) -> dict[
     )
     ckpt, data_root = result["best_checkpoint"], Path(result["data_root"])
     zero_shot = {s: zero_shot_test(config_args, ckpt, out / "train", s) for s in ("unseen", "novel")}
+    invariance = {
+        "as_given": zero_shot["novel"].get("test/pq_novel"),
+        **names_not_positions(config_args, ckpt, out / "train", data_root, out),
+    }
     caption = train_captioner(result.pop("segmenter"), ckpt, data_root, out)
     novel_images = Path(world_split_paths(data_root, "novel").image_dir)
     things, stuff = NOVEL_VOCABULARY
@@ -235,6 +266,7 @@ def run(config: Path, out: Path, pretrain_config: Path, backbone: Path) -> dict[
         "pq_by_group": groups,
         "test": test,
         "zero_shot": zero_shot,
+        "novel_pq_by_vocabulary": invariance,
         "caption": caption,
         "learning_curve": curve,
         "best_checkpoint": ckpt,
@@ -266,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FileNotFoundError(f"Config not found: {args.config}. Give a recipe such as configs/world.yaml.")
     metrics = run(args.config, args.out, args.pretrain_config, args.backbone)
     groups = {k: float("nan") if v is None else v for k, v in metrics["pq_by_group"].items()}
+    names = {k: float("nan") if v is None else v for k, v in metrics["novel_pq_by_vocabulary"].items()}
     backbone = metrics["backbone"]
     pretraining = "reused" if backbone["reused"] else f"{backbone['pretrain_s']:.0f} s"
     print(
@@ -273,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         f"masked-token accuracy {backbone['metrics'].get('val/mlm_acc', float('nan')):.2f} vs unigram "
         f"{backbone['metrics'].get('val/unigram_acc', float('nan')):.2f}).\n"
         f"Zero-shot PQ, trained on seen classes only: seen {groups['seen']:.1f}, "
-        f"unseen compositions {groups['unseen']:.1f}, novel concepts {groups['novel']:.1f}; "
+        f"unseen compositions {groups['unseen']:.1f}, novel concepts {groups['novel']:.1f}.\n"
+        f"Names, not positions: novel-concept PQ {names['as_given']:.1f} with the 28 names as given, "
+        f"{names['reversed']:.1f} reversed, {names['distractors']:.1f} with 8 distractor names added;\n"
         f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f} "
         f"({metrics['caption']['protocol']}).\n"
         f"  metrics:        {args.out / 'metrics.json'}\n"

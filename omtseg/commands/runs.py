@@ -27,14 +27,23 @@ def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, flo
         ]
 
 
-def zero_shot_test(config_args: list[str], ckpt: str, run_dir: Path, split: str) -> dict[str, float]:
+def zero_shot_test(
+    config_args: list[str], ckpt: str, run_dir: Path, split: str, categories_json: Path | None = None
+) -> dict[str, float]:
     """``omtseg test`` of ``ckpt`` on one split of the open-vocabulary world (``test``, ``unseen``,
-    ``novel``); returns the ``test/*`` metrics (``test/pq_novel`` ... for the class groups)."""
+    ``novel``); returns the ``test/*`` metrics (``test/pq_novel`` ... for the class groups).
+
+    ``categories_json`` prompts the split with another category list (reordered, or with distractors); the
+    run's logs then go to ``test_<split>_<file stem>``.
+    """
+    extra = [] if categories_json is None else ["--data.init_args.test_categories_json", str(categories_json)]
+    name = f"test_{split}" if categories_json is None else f"test_{split}_{categories_json.stem}"
     tested = build_cli(
         [
             "test", *config_args, "--ckpt_path", ckpt,
             "--data.init_args.world.test_split", split,
-            "--trainer.default_root_dir", str(run_dir / f"test_{split}"),
+            "--trainer.default_root_dir", str(run_dir / name),
+            *extra,
         ]
     )
     return {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")}

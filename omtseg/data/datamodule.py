@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -209,6 +209,9 @@ class PanopticDataModule(LightningDataModule):
         test: test split, or None.
         synthetic: generate train/val/test under ``root`` instead (exclusive with the three above).
         world: generate the open-vocabulary world's splits under ``root`` instead (exclusive with the others).
+        test_categories_json: prompt the test split with this COCO categories file instead of its own: the
+            same classes in another order, or with extra names absent from the images (it must hold every
+            category id of the ground truth). Relative to the working directory.
         predict_image_dir: folder of images for ``predict`` (relative to the working directory).
         predict_class_names: thing class names to segment at predict time (``"tv, monitor"`` is one
             class with two prompt names); with ``predict_stuff_names``, any vocabulary. Neither: the
@@ -237,6 +240,7 @@ class PanopticDataModule(LightningDataModule):
         test: PanopticSplit | None = None,
         synthetic: SyntheticData | None = None,
         world: WorldData | None = None,
+        test_categories_json: str | None = None,
         predict_image_dir: str | None = None,
         predict_class_names: list[str] | None = None,
         predict_stuff_names: list[str] | None = None,
@@ -274,6 +278,11 @@ class PanopticDataModule(LightningDataModule):
             name: split.under(self.root) if split is not None else None
             for name, split in (("train", train), ("val", val), ("test", test))
         }
+        if test_categories_json is not None:
+            test_split = self.splits["test"]
+            if test_split is None:
+                raise ValueError("test_categories_json is given but no test split is configured.")
+            self.splits["test"] = replace(test_split, categories_json=str(Path(test_categories_json)))
         self.predict_image_dir = predict_image_dir
         self.predict_class_names = predict_class_names
         self.predict_stuff_names = predict_stuff_names

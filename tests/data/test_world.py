@@ -129,3 +129,40 @@ def test_groups_reach_the_metrics(tmp_path: Path) -> None:
     groups = metric.compute()["groups"]
     assert groups["novel"]["pq"] == pytest.approx(1.0) and groups["seen"]["pq"] == pytest.approx(1.0)
     assert groups["unseen"]["n"] == 0
+
+
+def test_test_split_prompted_with_another_category_list(tmp_path: Path) -> None:
+    """Reordered names, and extra names absent from the images: the same segments, the same class names."""
+    from omtseg.data.datamodule import PanopticDataModule, WorldData
+
+    world = WorldData(num_train=0, num_val=0, num_test=3, test_split="novel")
+
+    def segments(categories_json: Path | None) -> tuple[list[str], list[list[tuple[int, str]]]]:
+        data = PanopticDataModule(
+            root=str(tmp_path), world=world, eval_size=None,
+            test_categories_json=None if categories_json is None else str(categories_json),
+        )  # fmt: skip
+        data.prepare_data()
+        data.setup("test")
+        dataset = data.datasets["test"]
+        names = list(dataset.vocabulary.names)
+        return names, [
+            [(int(s), names[int(c)]) for s, c in zip(t.segment_ids, t.labels, strict=True)]
+            for t in (dataset[i].targets for i in range(len(dataset)))
+        ]
+
+    names, expected = segments(None)
+    categories = json.loads((tmp_path / "categories_novel.json").read_text())
+    reversed_json, extended_json = tmp_path / "reversed.json", tmp_path / "extended.json"
+    reversed_json.write_text(json.dumps(categories[::-1]))
+    extra = {"id": 250, "name": "purple star", "isthing": 1, "color": [1, 2, 3], "split": "distractor"}
+    extended_json.write_text(json.dumps([*categories, extra]))
+    reversed_names, got = segments(reversed_json)
+    assert reversed_names == names[::-1] and got == expected
+    extended_names, got = segments(extended_json)
+    assert extended_names == [*names, "purple star"] and got == expected
+    missing = tmp_path / "missing.json"
+    present = json.loads((tmp_path / "panoptic_novel.json").read_text())["annotations"][0]["segments_info"]
+    missing.write_text(json.dumps([c for c in categories if c["id"] != present[0]["category_id"]]))
+    with pytest.raises(ValueError, match="unknown category id"):
+        segments(missing)
