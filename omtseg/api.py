@@ -17,6 +17,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
@@ -26,11 +27,12 @@ from PIL import Image
 from torch import Tensor
 
 from omtseg.captioning.captioner import SegmentCaptioner
-from omtseg.captioning.inference import SegmenterTap, caption_masks, caption_prompt, caption_segments
+from omtseg.captioning.inference import SegmenterTap, caption_segments
+from omtseg.captioning.prompts import RegionCaption, caption_prompts
 from omtseg.checkpoint import check_checkpoint, load_captioner
 from omtseg.data.collate import collate
 from omtseg.data.transforms import EvalTransform
-from omtseg.data.vocabulary import class_list_vocabulary, parse_class_list
+from omtseg.data.vocabulary import class_list_vocabulary, parse_class_list, read_categories_json
 from omtseg.evaluation.export import panoptic_annotation
 from omtseg.io import read_image
 from omtseg.lit_module import OMTSegModule
@@ -38,7 +40,10 @@ from omtseg.modeling.frozen_trunk import SIZE_DIVISOR
 from omtseg.modeling.postprocess import TASKS, OutputMasks, segment_query_ious
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Sample, Vocabulary
-from omtseg.visualize import overlay_result
+from omtseg.visualize import overlay_regions, overlay_result
+
+COCO_CATEGORIES = Path(str(resources.files("omtseg"))) / "assets/coco_sample/panoptic_coco_categories.json"
+"""The COCO panoptic categories (133 classes): the default classes of :meth:`Segmenter.caption`."""
 
 ImageLike: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray | Tensor"
 """A path, a PIL image, an (H, W, 3) / (H, W) array or a (3, H, W) tensor: uint8 0-255, or float 0-1."""
@@ -344,46 +349,105 @@ class Segmenter:
     def caption(
         self,
         image: ImageLike,
-        classes: Sequence[str],
+        classes: Sequence[str] | None = None,
         *,
         boxes: Sequence[Sequence[float]] = (),
         points: Sequence[Sequence[float]] = (),
         masks: np.ndarray | Tensor | None = None,
-    ) -> list[str]:
-        """Captions of the regions a user points at: one per box, then per point, then per mask.
+        min_iou: float = 0.5,
+        name: str = "image.png",
+    ) -> CaptionResult:
+        """Caption the regions a user points at, all from one segmenter pass; without prompts, every segment.
 
-        A point captions the segment under it (the nearest one on void); a box the segment it matches
-        (IoU >= 0.5), else the box region itself; a mask that region.
+        A box captions the predicted segment it matches (IoU >= ``min_iou``), else the box region itself; a
+        point the segment under it, else the segmenter's own proposal there (the mask of the query most
+        confident at it), else a window around it; a mask that region. A prompt is always captioned (see
+        :mod:`omtseg.captioning.prompts`).
 
         Args:
             image: the image.
-            classes: the classes segments are found with (as in :meth:`__call__`).
+            classes: the classes segments are found with (as in :meth:`__call__`); default the 133 COCO
+                panoptic classes.
             boxes: ``x0, y0, x1, y1`` in pixels of the image.
             points: ``x, y`` in pixels of the image.
             masks: (S, H, W) bool regions at the image's size.
+            min_iou: IoU a segment needs to stand for a box.
+            name: the file name the result carries.
+
+        Returns:
+            The captions, one per box, then per point, then per mask (or per segment), with their regions,
+            the segmentation of the pass, an overlay and JSON.
 
         Raises:
-            ValueError: no captioner, or a point outside the image.
+            ValueError: no captioner, or a malformed or out-of-image prompt.
         """
         if self.captioner is None:
             raise ValueError("Captioning needs a captioner: Segmenter.from_checkpoint(..., captioner=...).")
-        _, sample = self.sample(image, "image.png")
-        batch = collate([sample], vocabulary=self.vocabulary(classes), size_divisibility=SIZE_DIVISOR)
-        batch = batch.to(self.device)
-        out = []
-        prompts: list[dict[str, Any]] = [{"box": b} for b in boxes] + [{"point": p} for p in points]
-        for prompt in prompts:
-            text, _ = caption_prompt(
-                self.model, self.captioner, batch, **prompt, max_new_tokens=self.caption_max_tokens
-            )
-            out.append(text)
-        if masks is not None:
-            regions = torch.as_tensor(np.asarray(masks), dtype=torch.bool)
-            regions = regions.to(self.device)
-            out += caption_masks(
-                self.model, self.captioner, batch, regions, max_new_tokens=self.caption_max_tokens
-            )
-        return out
+        vocabulary = self.vocabulary(coco_classes() if classes is None else classes)
+        array, sample = self.sample(image, name)
+        batch = collate([sample], vocabulary=vocabulary, size_divisibility=SIZE_DIVISOR).to(self.device)
+        regions = None if masks is None else torch.as_tensor(np.asarray(masks), dtype=torch.bool)
+        with SegmenterTap(self.model) as tap:
+            raw = self.model.predict(batch, tasks=TASKS)
+            passed = tap.captured(raw)
+        captions = caption_prompts(
+            passed, self.captioner, batch, boxes=boxes, points=points, masks=regions, min_iou=min_iou,
+            max_new_tokens=self.caption_max_tokens,
+        )  # fmt: skip
+        segmentation = SegmentationResult(
+            image=array,
+            vocabulary=vocabulary,
+            raw=_to_cpu(raw[0]),
+            embeddings=_segment_embeddings(raw[0], passed.mask_logits[0], passed.queries[0], batch),
+        )
+        return CaptionResult(image=array, regions=captions, segmentation=segmentation)
+
+
+@dataclass
+class CaptionResult:
+    """Captions of one image's regions (:meth:`Segmenter.caption`).
+
+    Attributes:
+        image: (H, W, 3) uint8, the image captioned.
+        regions: per prompt (boxes, then points, then masks) or per segment, the region and its caption.
+        segmentation: the segmentation of the same pass.
+    """
+
+    image: np.ndarray
+    regions: list[RegionCaption]
+    segmentation: SegmentationResult
+
+    @property
+    def captions(self) -> list[str]:
+        """The captions, in region order."""
+        return [r.caption for r in self.regions]
+
+    def overlay(self, *, alpha: float = 0.45, min_side: int = 512) -> Image.Image:
+        """The image with each region colored, its prompt drawn, and its number and caption on it."""
+        prompts: list[tuple[str, Sequence[float]] | None] = [
+            (r.prompt, r.value) if isinstance(r.value, list) else None for r in self.regions
+        ]
+        picture = overlay_regions(
+            self.image, [r.mask for r in self.regions], self.captions, prompts=prompts, alpha=alpha,
+            min_side=min_side,
+        )  # fmt: skip
+        return Image.fromarray(picture)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary: the image's name and size, and each region with its caption."""
+        info = self.segmentation.info
+        h, w = info.orig_size
+        return {"image_id": info.image_id, "file_name": info.file_name, "height": h, "width": w,
+                "regions": [r.to_json() for r in self.regions]}
+
+
+def coco_classes() -> list[str]:
+    """The 133 COCO panoptic classes as class-list entries (things, then ``"stuff: ..."``), with synonyms."""
+    vocabulary = read_categories_json(COCO_CATEGORIES)
+    return [
+        ", ".join(names) if thing else f"stuff: {', '.join(names)}"
+        for names, thing in zip(vocabulary.synonyms, vocabulary.is_thing, strict=True)
+    ]
 
 
 def _to_cpu(result: ImageResult) -> ImageResult:

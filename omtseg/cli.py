@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "omtseg.commands.prepare",
     "pretrain": "omtseg.commands.pretrain",
     "segment": "omtseg.commands.segment",
+    "caption": "omtseg.commands.caption",
     "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""

@@ -252,3 +252,60 @@ def line_plot(
             draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=color)
         draw.text((right - 150, 8 + 12 * n), f"- {name}", fill=color, font=_FONT)
     return np.asarray(picture)
+
+
+_REGION_COLORS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+                  (240, 50, 230), (210, 245, 60))  # fmt: skip
+
+
+def overlay_regions(
+    image: np.ndarray,
+    masks: Sequence[np.ndarray | torch.Tensor],
+    captions: Sequence[str],
+    *,
+    prompts: Sequence[tuple[str, Sequence[float]] | None] = (),
+    alpha: float = 0.45,
+    min_side: int = 512,
+) -> np.ndarray:
+    """Captioned regions (which may overlap) over the image: each in its own color and outline, its prompt
+    drawn (a box's outline, a point's dot) and its number and caption written on it.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        masks: per region, (H, W) bool.
+        captions: per region, its caption.
+        prompts: per region, ``("box", [x0, y0, x1, y1])``, ``("point", [x, y])`` (image pixels) or None.
+        alpha: color opacity.
+        min_side: smaller images are enlarged (whole factors) until their short side has this many pixels.
+
+    Returns:
+        (s H, s W, 3) uint8 picture, s the enlargement factor.
+    """
+    if len(masks) != len(captions) or (prompts and len(prompts) != len(masks)):
+        raise ValueError(f"Got {len(masks)} masks, {len(captions)} captions and {len(prompts)} prompts.")
+    image = _check_image(_as_numpy(image), _as_numpy(image).shape[:2])
+    scale = max(1, -(-min_side // min(image.shape[:2])))
+    out = _enlarge(image, scale)
+    texts: list[tuple[str, tuple[int, int]]] = []
+    for i, (raw, caption) in enumerate(zip(masks, captions, strict=True)):
+        mask = _enlarge(_as_numpy(raw).astype(bool), scale)
+        if mask.shape != out.shape[:2]:
+            raise ValueError(f"Mask {i} is {mask.shape}, the image {image.shape[:2]}.")
+        colors = np.zeros(out.shape, dtype=np.float32)
+        colors[mask] = _REGION_COLORS[i % len(_REGION_COLORS)]
+        out = _blend(out, colors, mask, _boundaries(mask.astype(np.int64)), alpha)
+        if mask.any():
+            texts.append((_label_text(str(i + 1), caption, out.shape[1]), _label_anchor(mask)))
+    picture = Image.fromarray(out)
+    draw = ImageDraw.Draw(picture)
+    for i, prompt in enumerate(prompts):
+        color = _REGION_COLORS[i % len(_REGION_COLORS)]
+        if prompt is not None and prompt[0] == "box":
+            x0, y0, x1, y1 = (v * scale for v in prompt[1])
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=color, width=max(1, scale))
+        elif prompt is not None and prompt[0] == "point":
+            x, y = ((v + 0.5) * scale for v in prompt[1])
+            r = max(3, 2 * scale)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(255, 255, 255))
+    _draw_labels(picture, texts)
+    return np.asarray(picture)

@@ -144,6 +144,24 @@ def test_a_captioner_describes_segments_and_regions(files: dict[str, Path]) -> N
     assert all("caption" not in s for s in seg(files["img0"], classes=CLASSES, captions=False).segments)
     region = np.zeros((64, 64), bool)
     region[10:30, 5:40] = True
-    prompts = {"boxes": [[5, 10, 40, 30]], "points": [[20, 20]], "masks": region[None]}
-    texts = seg.caption(files["img0"], CLASSES, **prompts)
-    assert len(texts) == 3 and all(t and set(t.split()) <= set(CAPTION_WORDS) for t in texts)
+    prompts = {"boxes": [[5, 10, 40, 30], [0, 0, 8, 8]], "points": [[20, 20], [60, 3]], "masks": region[None]}
+    passes = []
+    hook = seg.model.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        captioned = seg.caption(files["img0"], CLASSES, **prompts)
+    finally:
+        hook.remove()
+    assert len(passes) == 1  # five prompts, one segmenter pass
+    texts = captioned.captions
+    assert len(texts) == 5 and all(t and set(t.split()) <= set(CAPTION_WORDS) for t in texts)
+    assert [r.prompt for r in captioned.regions] == ["box", "box", "point", "point", "mask"]
+    assert np.array_equal(captioned.regions[4].mask.numpy(), region)
+    record = captioned.to_json()
+    assert (record["height"], record["width"], len(record["regions"])) == (64, 64, 5)
+    assert record["regions"][1]["value"] == [0.0, 0.0, 8.0, 8.0]
+    picture = captioned.overlay()
+    assert picture.size == (512, 512) and np.asarray(picture).std() > 0
+    # No prompts: every segment, with the captions __call__ gives them; default classes: COCO's 133.
+    everything = seg.caption(files["img0"], CLASSES)
+    assert everything.captions == [s["caption"] for s in result.segments]
+    assert len(seg.caption(files["img0"], points=[[20, 20]]).segmentation.vocabulary) == 133

@@ -4,6 +4,8 @@ The captioner reads what the frozen segmenter computes anyway: the pixel decoder
 decoder's final query embeddings. :func:`segmenter_pass` runs one ordinary forward (or ``predict``) and keeps
 both through forward hooks, so captioning costs one segmenter pass plus the mixer and the LM.
 
+Prompted captioning (boxes, points, masks) builds on this in :mod:`omtseg.captioning.prompts`.
+
 A region (a ground-truth segment in training, a predicted segment or a box at inference) is paired with the
 decoder query whose predicted mask overlaps it most (IoU at the mask-feature resolution); that query's
 embedding joins the caption queries, as in SCA where the segment's own query token conditions the caption.
@@ -11,7 +13,6 @@ embedding joins the caption queries, as in SCA where the segment's own query tok
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from omtseg.boxes import box_masks
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.types import Batch, ImageInfo, ImageResult, Predictions, Vocabulary
@@ -137,7 +137,7 @@ def match_queries(mask_logits: Tensor, masks: Tensor, segment_batch_index: Tenso
     return (inter / union).argmax(1)
 
 
-def _to_canvas(mask: Tensor, info: ImageInfo, canvas: tuple[int, int]) -> Tensor:
+def mask_to_canvas(mask: Tensor, info: ImageInfo, canvas: tuple[int, int]) -> Tensor:
     """(H0, W0) bool at the original size -> (H, W) bool on the padded canvas the segmenter saw."""
     h, w = info.resized_size
     out = F.interpolate(mask[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0] > 0.5
@@ -146,20 +146,8 @@ def _to_canvas(mask: Tensor, info: ImageInfo, canvas: tuple[int, int]) -> Tensor
     return F.pad(out, (0, canvas[1] - w, 0, canvas[0] - h))
 
 
-def _box_to_canvas(box: Sequence[float], info: ImageInfo) -> Tensor:
-    """(4,) ``x0, y0, x1, y1`` in original pixels -> the same box on the resized (and flipped) image."""
-    (h0, w0), (h, w) = info.orig_size, info.resized_size
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x0 <= x1 and y0 <= y1):
-        raise ValueError(f"Box {list(box)} is not x0, y0, x1, y1 with x0 <= x1 and y0 <= y1.")
-    sx, sy = w / w0, h / h0
-    b = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
-    if info.flipped:
-        b = [w - b[2], b[1], w - b[0], b[3]]
-    return torch.tensor([b])
-
-
-def _canvas(images: Tensor) -> tuple[int, int]:
+def padded_canvas(images: Tensor) -> tuple[int, int]:
+    """(H, W) of the canvas the segmenter saw for (B, 3, H, W) images: padded to a multiple of 32."""
     h, w = images.shape[-2:]
     return h + (-h % 32), w + (-w % 32)
 
@@ -216,14 +204,14 @@ def caption_segments(
     """
     if tap.results is None:
         raise ValueError("caption_segments needs the pass's post-processed results (SegmenterTap.captured).")
-    canvas = _canvas(batch.images)
+    canvas = padded_canvas(batch.images)
     masks, index = [], []
     for i, result in enumerate(tap.results):
         panoptic = result.panoptic
         if panoptic is None:
             continue
         for seg in panoptic.segments:
-            masks.append(_to_canvas(panoptic.id_map == seg.id, result.info, canvas))
+            masks.append(mask_to_canvas(panoptic.id_map == seg.id, result.info, canvas))
             index.append(i)
     if not masks:
         return tap.results
@@ -246,121 +234,3 @@ def caption_segments(
         for seg in result.panoptic.segments if result.panoptic is not None else []:
             seg.caption = next(it)
     return tap.results
-
-
-@torch.no_grad()
-def caption_prompt(
-    segmenter: OMTSeg,
-    captioner: SegmentCaptioner,
-    batch: Batch,
-    *,
-    box: Sequence[float] | None = None,
-    point: Sequence[float] | None = None,
-    caption_box: bool = False,
-    min_iou: float = 0.5,
-    max_new_tokens: int = 20,
-    num_beams: int = 1,
-) -> tuple[str, int | None]:
-    """Caption what a box or a point designates in a one-image batch.
-
-    A point selects the predicted segment under it (the nearest one when it falls on void). A box selects the
-    predicted segment of highest IoU with it; when ``caption_box`` is set, or no segment reaches ``min_iou``,
-    the box region itself is captioned.
-
-    Args:
-        segmenter, captioner: as in :func:`caption_results`.
-        batch: one image.
-        box: ``x0, y0, x1, y1`` in pixels of the original image.
-        point: ``x, y`` in pixels of the original image.
-        caption_box: caption the box region even when a segment matches it.
-        min_iou: IoU a segment needs to stand for the box.
-        max_new_tokens, num_beams: decoding settings.
-
-    Returns:
-        The caption and the id of the captioned segment (None when the box region itself was captioned).
-    """
-    if len(batch) != 1 or (box is None) == (point is None):
-        raise ValueError("Give a one-image batch and exactly one of box= or point=.")
-    tap = segmenter_pass(segmenter, batch.images, batch.vocabulary, batch)
-    assert tap.results is not None and tap.results[0].panoptic is not None
-    panoptic, info = tap.results[0].panoptic, batch.infos[0]
-    canvas = _canvas(batch.images)
-    id_map = panoptic.id_map
-    chosen: int | None = None
-    if point is not None:
-        x, y = int(point[0]), int(point[1])
-        if not (0 <= x < id_map.shape[1] and 0 <= y < id_map.shape[0]):
-            raise ValueError(
-                f"Point {list(point)} lies outside the {id_map.shape[1]}x{id_map.shape[0]} image."
-            )
-        chosen = int(id_map[y, x]) or None
-        if chosen is None and panoptic.segments:
-            ys, xs = torch.nonzero(id_map > 0, as_tuple=True)
-            nearest = ((ys - y) ** 2 + (xs - x) ** 2).argmin()
-            chosen = int(id_map[ys[nearest], xs[nearest]])
-        if chosen is None:
-            raise ValueError("The segmenter found no segment in this image; prompt with a box instead.")
-        region = _to_canvas(id_map == chosen, info, canvas)
-    else:
-        assert box is not None
-        (h, w), resized = info.resized_size, _box_to_canvas(box, info)
-        region = F.pad(box_masks(resized, (h, w))[0], (0, canvas[1] - w, 0, canvas[0] - h))
-        if not caption_box and panoptic.segments:
-            h0, w0 = info.orig_size
-            original = box_masks(torch.tensor([list(map(float, box))]), (h0, w0))[0]
-            ious = [
-                float((original & (id_map == s.id)).sum()) / float((original | (id_map == s.id)).sum())
-                for s in panoptic.segments
-            ]
-            best = max(range(len(ious)), key=ious.__getitem__)
-            if ious[best] >= min_iou:
-                chosen = panoptic.segments[best].id
-                region = _to_canvas(id_map == chosen, info, canvas)
-    masks = region[None].to(tap.mask_logits.device)
-    index = torch.zeros(1, dtype=torch.long, device=masks.device)
-    query = None
-    if chosen is not None:
-        query = tap.queries[index, match_queries(tap.mask_logits, masks, index)]
-    caption = captioner.generate(
-        tap.multi_scale, masks, index, query, max_new_tokens=max_new_tokens, num_beams=num_beams
-    )[0]
-    return caption, chosen
-
-
-@torch.no_grad()
-def caption_masks(
-    segmenter: OMTSeg,
-    captioner: SegmentCaptioner,
-    batch: Batch,
-    masks: Tensor,
-    *,
-    max_new_tokens: int = 20,
-    num_beams: int = 1,
-) -> list[str]:
-    """Caption given regions of a one-image batch, each with the query whose mask overlaps it most.
-
-    Args:
-        segmenter, captioner: as in :func:`caption_results`.
-        batch: one image.
-        masks: (S, H0, W0) bool regions at the image's original size.
-        max_new_tokens, num_beams: decoding settings.
-
-    Returns:
-        S captions.
-    """
-    info = batch.infos[0]
-    if len(batch) != 1 or masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(info.orig_size):
-        raise ValueError(
-            f"Give a one-image batch and (S, H, W) masks at the image's size {tuple(info.orig_size)}; "
-            f"got {len(batch)} images and masks of shape {tuple(masks.shape)}."
-        )
-    if masks.shape[0] == 0:
-        return []
-    tap = segmenter_pass(segmenter, batch.images, batch.vocabulary)
-    canvas = _canvas(batch.images)
-    regions = torch.stack([_to_canvas(m.bool(), info, canvas) for m in masks]).to(tap.mask_logits.device)
-    index = torch.zeros(len(regions), dtype=torch.long, device=regions.device)
-    query = tap.queries[index, match_queries(tap.mask_logits, regions, index)]
-    return captioner.generate(
-        tap.multi_scale, regions, index, query, max_new_tokens=max_new_tokens, num_beams=num_beams
-    )

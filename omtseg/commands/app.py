@@ -164,7 +164,7 @@ class SegmentApp:
         else:
             raise ValueError("Click a point or drag a box on the image to caption it.")
         with self._lock:
-            (text,) = self.segmenter.caption(image, classes, **prompt)
+            (text,) = self.segmenter.caption(image, classes, **prompt).captions
         return {"caption": text}
 
 

@@ -1,4 +1,4 @@
-"""Captioning on a segmenter's pass: the tap, query matching, captions for results and for prompts."""
+"""Captioning on a segmenter's pass: the tap, query matching, captions for results (prompts: test_prompts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from _tiny import VOCAB, image_batch, tiny_captioner, tiny_segmenter
 
 from omtseg.captioning.inference import (
     SegmenterTap,
-    caption_prompt,
     caption_results,
     match_queries,
     segmenter_pass,
@@ -66,24 +65,3 @@ def test_caption_results_fill_every_segment(lm_dir: Path) -> None:
     results = caption_results(seg, cap, batch, max_new_tokens=4, chunk_size=3)
     segments = [s for r in results for s in r.panoptic.segments]
     assert segments and all(isinstance(s.caption, str) for s in segments)
-
-
-def test_prompted_captions(lm_dir: Path) -> None:
-    seg, cap = tiny_segmenter().eval(), tiny_captioner(lm_dir).eval()
-    batch = image_batch(torch.randint(0, 256, (1, 3, 48, 40), dtype=torch.uint8), (48, 40))
-    panoptic = seg.predict(batch, tasks=("panoptic",))[0].panoptic
-    ys, xs = torch.nonzero(panoptic.id_map > 0, as_tuple=True)
-    text, chosen = caption_prompt(seg, cap, batch, point=(int(xs[0]), int(ys[0])), max_new_tokens=4)
-    assert chosen == int(panoptic.id_map[ys[0], xs[0]]) and isinstance(text, str)
-    # a box around exactly one segment selects it; caption_box=True captions the box itself
-    target = panoptic.segments[0]
-    sy, sx = torch.nonzero(panoptic.id_map == target.id, as_tuple=True)
-    box = (int(sx.min()), int(sy.min()), int(sx.max()) + 1, int(sy.max()) + 1)
-    _, chosen_box = caption_prompt(seg, cap, batch, box=box, min_iou=0.0, max_new_tokens=4)
-    assert chosen_box is not None
-    _, none = caption_prompt(seg, cap, batch, box=box, caption_box=True, max_new_tokens=4)
-    assert none is None
-    with pytest.raises(ValueError, match="exactly one"):
-        caption_prompt(seg, cap, batch, max_new_tokens=4)
-    with pytest.raises(ValueError, match="outside"):
-        caption_prompt(seg, cap, batch, point=(400, 3))
