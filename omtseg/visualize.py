@@ -307,5 +307,25 @@ def overlay_regions(
             x, y = ((v + 0.5) * scale for v in prompt[1])
             r = max(3, 2 * scale)
             draw.ellipse((x - r, y - r, x + r, y + r), fill=color, outline=(255, 255, 255))
-    _draw_labels(picture, texts)
+    _draw_labels(picture, _unstacked(draw, texts, picture.size))
     return np.asarray(picture)
+
+
+def _unstacked(
+    draw: ImageDraw.ImageDraw, labels: Sequence[tuple[str, tuple[int, int]]], size: tuple[int, int]
+) -> list[tuple[str, tuple[int, int]]]:
+    """Labels moved down (then up) until none covers another: regions of several prompts often coincide."""
+    placed: list[tuple[int, int, int, int]] = []
+    out = []
+    for text, (x, y) in labels:
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=_FONT)
+        tw, th = int(right - left) + 2, int(bottom - top) + 2
+        n = len(labels)
+        for k in sorted(range(-n, n + 1), key=lambda k: (abs(k), k < 0)):  # 0, 1, -1, 2, -2 ...
+            cy = int(np.clip(y + k * (th + 1), th // 2, max(size[1] - th // 2 - 1, th // 2)))
+            box = (x - tw // 2, cy - th // 2, x + tw // 2, cy + th // 2)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        out.append((text, (x, cy)))
+    return out

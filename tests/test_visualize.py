@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from omtseg.types import IGNORE_INDEX, PanopticSegment, Vocabulary
-from omtseg.visualize import line_plot, overlay_panoptic, overlay_semantic
+from omtseg.visualize import line_plot, overlay_panoptic, overlay_regions, overlay_semantic
 
 VOCAB = Vocabulary(
     names=("cat", "grass"),
@@ -92,3 +92,24 @@ def test_panoptic_overlay_writes_captions_under_names() -> None:
     np.testing.assert_array_equal(overlay_panoptic(image, ids, segs, VOCAB, captions=False), named)
     np.testing.assert_array_equal(overlay_panoptic(image, ids, segs, VOCAB, labels=False),
                                   overlay_panoptic(image, ids, segs, VOCAB, labels=False, captions=False))
+
+
+def test_region_overlay_draws_prompts_and_keeps_coinciding_labels_apart() -> None:
+    image = np.full((32, 40, 3), 90, np.uint8)
+    region = np.zeros((32, 40), bool)
+    region[4:20, 6:30] = True
+    # Two prompts captioning the same region (a box and a point on it): both labels must stay readable.
+    prompts = [("box", [6.0, 4.0, 30.0, 20.0]), ("point", [10.0, 10.0])]
+    texts = ["a red ball", "a red ball"]
+    both = overlay_regions(image, [region, region], texts, prompts=prompts, min_side=256)
+    one = overlay_regions(image, [region], ["a red ball"], prompts=prompts[:1], min_side=256)
+    assert both.shape == (256, 320, 3) and one.shape == both.shape  # enlarged 8 times
+    # White label text: the second label adds pixels the first does not cover.
+    white = (both == 255).all(-1) & ~(one == 255).all(-1)
+    assert white.sum() > 50
+    big = np.zeros((96, 40), bool)
+    big[:32] = region
+    painted = overlay_regions(np.full((96, 40, 3), 90, np.uint8), [big], ["x"], min_side=0)
+    assert (painted[48:] == 90).all() and (painted[big] != 90).any(-1).all()  # the region only
+    with pytest.raises(ValueError, match="masks"):
+        overlay_regions(image, [region], ["a", "b"])
