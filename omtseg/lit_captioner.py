@@ -1,7 +1,10 @@
 """The captioner's LightningModule: trains the segment captioner on region captions, the segmenter frozen.
 
 SCA's recipe: the segmenter (SAM there, OMTSeg here) is fixed, and only the feature mixer (and, at a small
-learning rate or not at all, the language model) learns, from region captions (:class:`RegionBatch`). Each
+learning rate or not at all, the language model) learns, from region captions (:class:`RegionBatch`).
+Its training choices are switches here, each with our default and SCA's value in the argument list:
+label smoothing, a separate language-model learning rate, linear warm-up then cosine decay, and a random
+subset of regions per image at each step. Each
 region is paired with the decoder query whose mask overlaps it most (see :mod:`omtseg.captioning.inference`).
 Validation writes captions greedily and logs ``val/cider_d``, ``val/bleu_4``, ``val/rouge_l`` and, where
 pycocoevalcap's Java tools run, ``val/meteor``, all on PTB tokens (the official protocol; see
@@ -16,7 +19,7 @@ widths.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -30,6 +33,7 @@ from omtseg.checkpoint import load_segmenter
 from omtseg.data.regions import RegionBatch
 from omtseg.evaluation.caption import evaluate_captions, gather_captions
 from omtseg.modeling.segmenter import OMTSeg
+from omtseg.optim import WarmupDecayLR
 from omtseg.types import Vocabulary
 
 
@@ -54,6 +58,13 @@ class CaptionerModule(L.LightningModule):
         num_beams: 1 decodes greedily (SCA), more runs beam search.
         official_metrics: score validation with pycocoevalcap's Java tools (PTB tokenizer, METEOR, SPICE where
             set up); False scores on our tokens only (seconds faster, not comparable with papers).
+        label_smoothing: of the caption loss (0: none; SCA: 0.1).
+        language_model_lr: learning rate of the language model's trainable parameters (when it is not frozen);
+            None trains them at the optimizer's rate (SCA trains the LM, if at all, at its own smaller rate).
+        warmup_steps: optimizer steps of linear warm-up from 0 (SCA: 200); 0 for none.
+        lr_decay: ``"constant"`` or ``"cosine"`` (SCA) to 0 at the trainer's last step.
+        regions_per_image: train on at most this many regions of each image per step, drawn at random (SCA:
+            16); None trains on all.
     """
 
     def __init__(
@@ -69,6 +80,11 @@ class CaptionerModule(L.LightningModule):
         max_new_tokens: int = 20,
         num_beams: int = 1,
         official_metrics: bool = True,
+        label_smoothing: float = 0.0,
+        language_model_lr: float | None = None,
+        warmup_steps: int = 0,
+        lr_decay: Literal["constant", "cosine"] = "constant",
+        regions_per_image: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["segmenter", "captioner", "optimizer"])
@@ -84,6 +100,17 @@ class CaptionerModule(L.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.num_beams = num_beams
         self.official_metrics = official_metrics
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing={label_smoothing} must lie in [0, 1).")
+        if lr_decay not in ("constant", "cosine"):
+            raise ValueError(f"lr_decay={lr_decay!r}; choose 'constant' or 'cosine'.")
+        if regions_per_image is not None and regions_per_image < 1:
+            raise ValueError(f"regions_per_image={regions_per_image}; give None (all) or at least 1.")
+        self.label_smoothing = label_smoothing
+        self.language_model_lr = language_model_lr
+        self.warmup_steps = warmup_steps
+        self.lr_decay = lr_decay
+        self.regions_per_image = regions_per_image
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
 
@@ -105,17 +132,44 @@ class CaptionerModule(L.LightningModule):
 
     def training_step(self, batch: RegionBatch, batch_idx: int) -> Tensor:
         """Teacher-forced loss on each region's first reference caption."""
+        if self.regions_per_image is not None:
+            batch = batch.sample_regions(self.regions_per_image)
         ids, mask = self.captioner.tokenize([c[0] for c in batch.captions], self.max_caption_tokens)
         loss = self.captioner(
-            captions=ids.to(self.device), caption_mask=mask.to(self.device), **self._inputs(batch)
+            captions=ids.to(self.device),
+            caption_mask=mask.to(self.device),
+            label_smoothing=self.label_smoothing,
+            **self._inputs(batch),
         )
         self.log("train/caption_loss", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The captioner's trainable parameters: the mixer's group, and the LM's at ``language_model_lr``."""
+        lm = {id(p) for p in self.captioner.lm.parameters()}
+        trainable = [p for p in self.captioner.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": [p for p in trainable if id(p) not in lm]}]
+        lm_params = [p for p in trainable if id(p) in lm]
+        if lm_params:
+            group: dict[str, Any] = {"params": lm_params}
+            if self.language_model_lr is not None:
+                group["lr"] = self.language_model_lr
+            groups.append(group)
+        assert sum(len(g["params"]) for g in groups) == len(trainable), "a parameter in no group or in two"
+        return groups
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.captioner.parameters() if p.requires_grad]
         assert all(not p.requires_grad for p in self.segmenter.parameters()), "the segmenter must stay frozen"
-        return self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.param_groups())
+        if self.warmup_steps == 0 and self.lr_decay == "constant":
+            return optimizer
+        max_steps = int(self.trainer.estimated_stepping_batches)
+        # From 0 as SCA's schedule (Hugging Face's cosine with warm-up); cosine reaches 0 at the last step.
+        schedule = WarmupDecayLR(
+            optimizer, max_steps=max_steps, warmup_steps=self.warmup_steps, warmup_factor=0.0,
+            decay=self.lr_decay,
+        )  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()
     def caption(self, batch: RegionBatch) -> list[str]:

@@ -12,6 +12,7 @@ Every trainable parameter lands in exactly one group, which :func:`param_groups`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -114,7 +115,9 @@ class WarmupDecay:
         max_steps: total optimizer steps of the run; poly decay reaches 0 there.
         warmup_steps: steps of linear warm-up from ``warmup_factor`` to 1.
         warmup_factor: factor at step 0 (a small value avoids a cold start at lr 0).
-        decay: "poly" (``(1 - t / max_steps) ** power``), "step" (times ``gamma`` at each milestone) or
+        decay: "poly" (``(1 - t / max_steps) ** power``, over the warm-up too, as detectron2), "cosine"
+            (``(1 + cos(pi u)) / 2`` with ``u`` the share of the steps after the warm-up, as Hugging Face's
+            cosine schedule that SCA's captioner uses), "step" (times ``gamma`` at each milestone) or
             "constant".
         power: poly exponent (0.9 as in Mask2Former).
         milestones: steps at which "step" decay multiplies by ``gamma``.
@@ -124,7 +127,7 @@ class WarmupDecay:
     max_steps: int
     warmup_steps: int = 0
     warmup_factor: float = 1e-3
-    decay: Literal["poly", "step", "constant"] = "poly"
+    decay: Literal["poly", "cosine", "step", "constant"] = "poly"
     power: float = 0.9
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
@@ -137,14 +140,17 @@ class WarmupDecay:
                 f"warmup_steps={self.warmup_steps} must lie in [0, max_steps={self.max_steps}]; lower the "
                 "scheduler's warmup_steps or raise trainer.max_steps."
             )
-        if self.decay not in ("poly", "step", "constant"):
-            raise ValueError(f"decay={self.decay!r}; choose 'poly', 'step' or 'constant'.")
+        if self.decay not in ("poly", "cosine", "step", "constant"):
+            raise ValueError(f"decay={self.decay!r}; choose 'poly', 'cosine', 'step' or 'constant'.")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones={self.milestones} must be increasing.")
 
     def __call__(self, step: int) -> float:
         if self.decay == "poly":
             factor = (1.0 - min(step, self.max_steps) / self.max_steps) ** self.power
+        elif self.decay == "cosine":
+            after = min(max(step - self.warmup_steps, 0), self.max_steps - self.warmup_steps)
+            factor = 0.5 * (1.0 + math.cos(math.pi * after / max(self.max_steps - self.warmup_steps, 1)))
         elif self.decay == "step":
             factor = self.gamma ** sum(step >= m for m in self.milestones)
         else:
@@ -170,7 +176,7 @@ class WarmupDecayLR(LambdaLR):
         max_steps: int,
         warmup_steps: int = 0,
         warmup_factor: float = 1e-3,
-        decay: Literal["poly", "step", "constant"] = "poly",
+        decay: Literal["poly", "cosine", "step", "constant"] = "poly",
         power: float = 0.9,
         milestones: Sequence[int] = (),
         gamma: float = 0.1,

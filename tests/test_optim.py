@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
 import torch
@@ -107,6 +108,16 @@ def test_warmup_then_poly_decay() -> None:
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
+def test_warmup_then_cosine_decay() -> None:
+    # Hugging Face's cosine with warm-up (SCA): 0 -> 1 over the warm-up, then a half cosine over the rest.
+    f = WarmupDecay(max_steps=100, warmup_steps=10, warmup_factor=0.0, decay="cosine")
+    assert f(0) == 0.0 and f(5) == pytest.approx(0.5) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(40) == pytest.approx((1 + math.cos(math.pi / 3)) / 2)
+    assert f(100) == pytest.approx(0.0) and f(150) == pytest.approx(0.0)
+    values = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
 def test_step_and_constant_decay() -> None:
     f = WarmupDecay(max_steps=100, decay="step", milestones=(30, 60), gamma=0.1)
     assert [f(0), f(29), f(30), f(59), f(60), f(99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
@@ -118,7 +129,7 @@ def test_step_and_constant_decay() -> None:
     [
         {"max_steps": 0},
         {"max_steps": 10, "warmup_steps": 11},
-        {"max_steps": 10, "decay": "cosine"},
+        {"max_steps": 10, "decay": "linear"},
         {"max_steps": 10, "milestones": (5, 2)},
     ],
 )

@@ -1,12 +1,24 @@
 """Segment captioning in the SCA design: a query-based feature mixer feeding a frozen causal language model.
 
 "Segment and Caption Anything" (Huang et al., CVPR 2024) captions a region from the segmenter's own features:
-a few learnable caption queries, together with the segment's decoder query, attend to the image features
-restricted to the segment, and the image features attend back to the queries (a two-way block, as in SAM's
-mask decoder). The mixed caption queries are projected to the language model's width and, followed by
-learnable task tokens, form the prefix after which the causal LM writes the caption::
+a few learnable caption queries, together with the segment's decoder query, attend to the image features,
+and the image features attend back to the queries (a two-way block, as in SAM's mask decoder). The mixed
+caption queries are projected to the language model's width and, with learnable task tokens, form the prefix
+after which the causal LM writes the caption::
 
     [caption queries (Nq) -> Linear -> D] [task tokens (Nt, D)] [caption token embeddings (T, D)]
+    [task tokens (Nt, D)] [caption queries (Nq) -> Linear -> D] [caption token embeddings (T, D)]   (SCA)
+
+Where the region comes in (``region_conditioning``):
+
+- ``"hard_mask"`` (default): the caption queries may read only the region's image tokens. A box or mask prompt
+  without a decoder query is then still captioned from its own pixels, which is what our prompts need.
+- ``"query"`` (SCA): the queries read the whole image; the region enters through the segment's decoder query
+  (SCA's segment token) and the embedding that marks the region's tokens (as SAM's dense mask prompt).
+
+SCA's other choices, each a switch here: ``task_tokens_first`` (SCA: True, 6 task tokens), label smoothing
+of the loss (``forward(label_smoothing=...)``, SCA: 0.1); its learning rates and schedule are the
+LightningModule's (:class:`omtseg.lit_captioner.CaptionerModule`).
 
 Every segment gets its own copy of the image tokens (the back-attention makes them segment dependent), so
 memory grows as S x N x C with N the tokens of all levels; caption segments in chunks for large images.
@@ -18,7 +30,7 @@ it is loaded without hub access and frozen by default (SCA's best recipe trains 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +108,13 @@ class SegmentCaptioner(nn.Module):
         num_heads: attention heads of the mixer.
         ffn_dim: FFN width of the mixer.
         num_caption_queries: learnable caption queries, i.e. visual prefix tokens (8 in SCA).
-        num_task_tokens: learnable tokens between the visual prefix and the caption; they tell the LM which
-            task follows (one task here, captioning).
+        num_task_tokens: learnable tokens that tell the LM which task follows (one task here, captioning;
+            SCA: 6).
+        task_tokens_first: put the task tokens before the visual prefix (SCA's order) instead of between it
+            and the caption.
+        region_conditioning: ``"hard_mask"`` (queries read only the region's tokens) or ``"query"`` (SCA: the
+            whole image, the region given by the decoder query and the region-marking embedding); see the
+            module docstring.
         num_feature_levels: levels of ``features`` the mixer reads (the pixel decoder's strides 32, 16, 8).
         dropout: attention dropout of the mixer.
         query_dropout: in training, the share of segments whose decoder query is replaced by the learned
@@ -117,12 +134,16 @@ class SegmentCaptioner(nn.Module):
         ffn_dim: int = 1024,
         num_caption_queries: int = 8,
         num_task_tokens: int = 1,
+        task_tokens_first: bool = False,
+        region_conditioning: Literal["hard_mask", "query"] = "hard_mask",
         num_feature_levels: int = 3,
         dropout: float = 0.0,
         query_dropout: float = 0.1,
         freeze_language_model: bool = True,
     ) -> None:
         super().__init__()
+        if region_conditioning not in ("hard_mask", "query"):
+            raise ValueError(f"region_conditioning={region_conditioning!r}; choose 'hard_mask' or 'query'.")
         if num_layers < 1 or num_caption_queries < 1 or num_feature_levels < 1:
             raise ValueError(
                 f"num_layers ({num_layers}), num_caption_queries ({num_caption_queries}) and "
@@ -153,6 +174,8 @@ class SegmentCaptioner(nn.Module):
         self.to_lm = nn.Linear(width, lm_dim)
         self.task_tokens = nn.Parameter(torch.randn(num_task_tokens, lm_dim) * 0.02)
         self.num_feature_levels = num_feature_levels
+        self.task_tokens_first = task_tokens_first
+        self.region_conditioning = region_conditioning
         self.num_prefix_tokens = num_caption_queries + num_task_tokens
         self.query_dropout = query_dropout
         self.freeze_language_model = freeze_language_model
@@ -182,7 +205,7 @@ class SegmentCaptioner(nn.Module):
             features: multi-scale maps (B, C, h_l, w_l), coarse first; the first ``num_feature_levels``
                 are read.
             masks: (S, H, W) bool segment masks at any resolution covering the same canvas as ``features``;
-                an all-False mask reads the whole image.
+                an all-False mask reads the whole image (with ``"hard_mask"`` conditioning).
             segment_batch_index: (S,) long image of each segment in the batch.
             query_embed: (S, query_dim) the segments' decoder query embeddings, or None.
 
@@ -219,12 +242,14 @@ class SegmentCaptioner(nn.Module):
             tokens.append(x + inside[..., None].to(x.dtype) * self.inside_embed)
             code = sine_position_encoding(h, w, x.shape[-1], device=x.device, dtype=x.dtype)  # (C, h, w)
             pos.append(code.flatten(1).t()[None] + self.level_embed[level])  # (1, h*w, C)
-            blocked.append(~inside & ~empty[:, None])
+            # SCA's mixer reads every token: the region is only marked (inside_embed) and given by the query.
+            blocked.append(~inside & ~empty[:, None] & (self.region_conditioning == "hard_mask"))
         for i, layer in enumerate(self.layers):
             level = i % self.num_feature_levels
             queries, tokens[level] = layer(queries, tokens[level], pos[level], blocked[level])
         visual = self.to_lm(self.out_norm(queries[:, : self.caption_queries.shape[0]]))  # (S, Nq, D)
-        return torch.cat([visual, self.task_tokens.expand(s, -1, -1)], dim=1)
+        task = self.task_tokens.expand(s, -1, -1)  # (S, Nt, D)
+        return torch.cat([task, visual] if self.task_tokens_first else [visual, task], dim=1)
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -259,6 +284,7 @@ class SegmentCaptioner(nn.Module):
         captions: Tensor,
         caption_mask: Tensor | None = None,
         query_embed: Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> Tensor:
         """Teacher-forced captioning loss: mean cross-entropy over the caption tokens of all segments.
 
@@ -266,6 +292,7 @@ class SegmentCaptioner(nn.Module):
             features, masks, segment_batch_index, query_embed: as in :meth:`prefix`.
             captions: (S, T) long token ids (see :meth:`tokenize`).
             caption_mask: (S, T) bool, True at real tokens; None when no caption is padded.
+            label_smoothing: share of each target's probability spread over the vocabulary (SCA: 0.1).
 
         Returns:
             Scalar loss; zero (still connected to the trainable weights) when S = 0.
@@ -284,9 +311,10 @@ class SegmentCaptioner(nn.Module):
         attention = torch.cat([caption_mask.new_ones(prefix.shape[:2]), caption_mask], dim=1)
         logits = self.lm(inputs_embeds=inputs, attention_mask=attention.long()).logits
         p = prefix.shape[1]
-        # Position p - 1 (the last task token) predicts the first caption token, and so on.
+        # Position p - 1 (the last prefix token) predicts the first caption token, and so on.
         pred = logits[:, p - 1 : -1]  # (S, T, V)
-        return F.cross_entropy(pred[caption_mask].float(), captions[caption_mask])
+        targets = captions[caption_mask]
+        return F.cross_entropy(pred[caption_mask].float(), targets, label_smoothing=label_smoothing)
 
     # -------------------------------------------------------------------------------------------- decode
 

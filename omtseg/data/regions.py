@@ -92,6 +92,31 @@ class RegionBatch:
             infos=self.infos,
         )
 
+    def sample_regions(self, per_image: int, generator: torch.Generator | None = None) -> RegionBatch:
+        """A copy keeping at most ``per_image`` regions of each image, drawn at random, in their order.
+
+        SCA trains on 16 random regions per image: memory stays bounded and, over the epochs, every region
+        is seen (a dataset's ``max_regions`` keeps the first ones only).
+        """
+        if per_image < 1:
+            raise ValueError(f"per_image={per_image}; keep at least one region per image.")
+        keep = []
+        for i in range(len(self)):
+            own = torch.nonzero(self.segment_batch_index.cpu() == i)[:, 0]  # (S_i,)
+            if len(own) > per_image:
+                own = own[torch.randperm(len(own), generator=generator)[:per_image].sort().values]
+            keep.append(own)
+        index = torch.cat(keep) if keep else torch.zeros(0, dtype=torch.long)
+        picked = index.tolist()
+        return RegionBatch(
+            images=self.images,
+            masks=self.masks[index.to(self.masks.device)],
+            segment_batch_index=self.segment_batch_index[index.to(self.segment_batch_index.device)],
+            captions=[self.captions[j] for j in picked],
+            region_ids=[self.region_ids[j] for j in picked],
+            infos=self.infos,
+        )
+
 
 def collate_regions(samples: Sequence[RegionSample], size_divisibility: int = 32) -> RegionBatch:
     """Pad images and masks to one (H, W), a multiple of ``size_divisibility``, and flatten the regions."""

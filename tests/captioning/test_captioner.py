@@ -90,6 +90,59 @@ def test_queries_read_only_their_segment(lm_dir: Path) -> None:
     assert (cap.prefix(inside, masks, index)[0] - base[0]).abs().max() > 1e-3
 
 
+def test_sca_conditioning_reads_the_whole_image_and_marks_the_region(lm_dir: Path) -> None:
+    cap = _captioner(lm_dir, region_conditioning="query").eval()
+    feats = _features(1, ((4, 4), (8, 8), (16, 16)))
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 16:48, 0:16] = True
+    index = torch.tensor([0])
+    base = cap.prefix(feats, masks, index)
+    outside = [f.clone() for f in feats]
+    outside[0][0, :, 0, 3] += 5.0  # a coarse cell outside the region: the hard mask would not see it
+    assert (cap.prefix(outside, masks, index) - base).abs().max() > 1e-3
+    # The region still matters through its marked tokens (the marking starts at zero and is learnt).
+    with torch.no_grad():
+        cap.inside_embed.normal_()
+    base = cap.prefix(feats, masks, index)
+    other = torch.zeros_like(masks)
+    other[0, :16, 48:] = True
+    assert (cap.prefix(feats, other, index) - base).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="region_conditioning"):
+        _captioner(lm_dir, region_conditioning="soft")
+
+
+def test_task_tokens_go_first_or_after_the_visual_prefix(lm_dir: Path) -> None:
+    feats, masks = _features(1), torch.ones(2, 16, 16, dtype=torch.bool)
+    index = torch.zeros(2, dtype=torch.long)
+    after = _captioner(lm_dir, num_task_tokens=6).eval()
+    first = _captioner(lm_dir, num_task_tokens=6, task_tokens_first=True).eval()  # SCA's order
+    a, f = after.prefix(feats, masks, index), first.prefix(feats, masks, index)
+    assert a.shape == f.shape == (2, 8 + 6, 32)
+    torch.testing.assert_close(f[:, :6], first.task_tokens.expand(2, -1, -1))
+    torch.testing.assert_close(a[:, 8:], after.task_tokens.expand(2, -1, -1))
+    torch.testing.assert_close(f[:, 6:], a[:, :8])  # same weights (same seed): the visual part moved
+    ids, mask = first.tokenize(["a red ball", "box"])
+    assert torch.isfinite(first(feats, masks, index, ids, mask))
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy(lm_dir: Path) -> None:
+    cap = _captioner(lm_dir).eval()
+    feats, masks = _features(1), torch.ones(2, 16, 16, dtype=torch.bool)
+    index = torch.zeros(2, dtype=torch.long)
+    ids, mask = cap.tokenize(["a red ball", "a small box"])
+    prefix = cap.prefix(feats, masks, index)
+    inputs = torch.cat([prefix, cap.lm.get_input_embeddings()(ids)], dim=1)
+    logits = cap.lm(inputs_embeds=inputs).logits[:, prefix.shape[1] - 1 : -1][mask]  # (N, V)
+    log_p = logits.float().log_softmax(-1)
+    nll = -log_p.gather(1, ids[mask][:, None]).mean()
+    uniform = -log_p.mean()
+    with torch.no_grad():
+        plain = cap(feats, masks, index, ids, mask)
+        smooth = cap(feats, masks, index, ids, mask, label_smoothing=0.1)
+    torch.testing.assert_close(plain, nll, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(smooth, 0.9 * nll + 0.1 * uniform, rtol=1e-5, atol=1e-6)
+
+
 def test_every_trainable_parameter_gets_a_gradient_and_the_lm_stays_frozen(lm_dir: Path) -> None:
     # layer 0 updates the tokens that layer 3 reads; no query dropout, so query_proj surely gets a gradient
     cap = _captioner(lm_dir, num_layers=4, query_dropout=0.0).train()
