@@ -27,12 +27,13 @@ from PIL import Image
 from torch import Tensor
 
 from omtseg.captioning.captioner import SegmentCaptioner
-from omtseg.captioning.inference import SegmenterTap, caption_segments
+from omtseg.captioning.inference import SegmenterPass, SegmenterTap, caption_segments
 from omtseg.captioning.prompts import RegionCaption, caption_prompts
 from omtseg.checkpoint import check_checkpoint, load_captioner
 from omtseg.data.collate import collate
 from omtseg.data.transforms import EvalTransform
 from omtseg.data.vocabulary import class_list_vocabulary, parse_class_list, read_categories_json
+from omtseg.deploy.runtime import OnnxSegmenter
 from omtseg.evaluation.export import panoptic_annotation
 from omtseg.io import read_image
 from omtseg.lit_module import OMTSegModule
@@ -238,6 +239,25 @@ class Segmenter:
                 )
         return cls(module.model, device=device, captioner=loaded, **kwargs)
 
+    @classmethod
+    def from_onnx(
+        cls, path: str | os.PathLike[str], device: str = "cpu", threads: int | None = None, **kwargs: Any
+    ) -> Segmenter:
+        """Load a file written by ``omtseg export``, run by ONNX Runtime: the results the checkpoint it was
+        exported from gives for the same images padded to the file's image size (no captioning).
+
+        Args:
+            path: the ``.onnx`` file.
+            device: ``"cpu"`` (CPU provider) or ``"cuda[:N]"`` (CUDA provider, with onnxruntime-gpu).
+            threads: ONNX Runtime intra-op threads (default: every core).
+            **kwargs: ``image_size`` (default: the file's longer side) and ``batch_size``.
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not an omtseg export, or no provider for ``device``.
+        """
+        return ExportedSegmenter(OnnxSegmenter(path, device=device, threads=threads), **kwargs)
+
     # ------------------------------------------------------------------------------------------ segmenting
 
     def vocabulary(self, classes: Sequence[str]) -> Vocabulary:
@@ -314,6 +334,12 @@ class Segmenter:
         sample = Sample(image=torch.tensor(array).permute(2, 0, 1).contiguous(), targets=None, info=info)
         return array, self.transform(sample)
 
+    def _segmenter_pass(self, batch: Batch, **thresholds: Any) -> tuple[list[ImageResult], SegmenterPass]:
+        """The post-processed results of one pass over ``batch`` and what the pass left for captions."""
+        with SegmenterTap(self.model) as tap:
+            raw = self.model.predict(batch, tasks=TASKS, **thresholds)
+            return raw, tap.captured(raw)
+
     @torch.no_grad()
     def segment_samples(
         self,
@@ -328,9 +354,7 @@ class Segmenter:
         batch = batch.to(self.device)
         if captions and self.captioner is None:
             raise ValueError("captions=True needs a captioner: from_checkpoint(..., captioner=...).")
-        with SegmenterTap(self.model) as tap:
-            raw = self.model.predict(batch, tasks=TASKS, **thresholds)
-            passed = tap.captured(raw)
+        raw, passed = self._segmenter_pass(batch, **thresholds)
         if self.captioner is not None and captions is not False:
             caption_segments(passed, self.captioner, batch, max_new_tokens=self.caption_max_tokens)
         return [
@@ -448,6 +472,35 @@ def coco_classes() -> list[str]:
         ", ".join(names) if thing else f"stuff: {', '.join(names)}"
         for names, thing in zip(vocabulary.synonyms, vocabulary.is_thing, strict=True)
     ]
+
+
+class ExportedSegmenter(Segmenter):
+    """A :class:`Segmenter` whose network is an exported file run by ONNX Runtime (see :meth:`from_onnx`).
+
+    Images are read, resized, batched and post-processed as by the PyTorch segmenter, and results are the
+    same objects; batches are padded to the file's fixed image size. It has no captioner.
+
+    Args:
+        runtime: the exported segmenter in its ONNX Runtime session.
+        image_size: long side images are resized to (default: the file's longer side; at most that).
+        batch_size: images per run.
+    """
+
+    def __init__(self, runtime: OnnxSegmenter, *, image_size: int | None = None, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        self.runtime = runtime
+        self.device = torch.device("cpu")  # pre- and post-processing; the session places the network
+        self.captioner = None
+        size = max(runtime.image_hw) if image_size is None else image_size
+        self.transform = EvalTransform(size=size, size_divisibility=SIZE_DIVISOR)
+        self.batch_size = batch_size
+        self.caption_max_tokens = 0
+        self._vocabularies = OrderedDict()
+
+    def _segmenter_pass(self, batch: Batch, **thresholds: Any) -> tuple[list[ImageResult], SegmenterPass]:
+        raw, queries, mask_logits = self.runtime.predict(batch, tasks=TASKS, **thresholds)
+        return raw, SegmenterPass(multi_scale=[], queries=queries, mask_logits=mask_logits, results=raw)
 
 
 def _to_cpu(result: ImageResult) -> ImageResult:

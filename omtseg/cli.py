@@ -44,6 +44,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "omtseg.commands.pretrain",
     "segment": "omtseg.commands.segment",
     "caption": "omtseg.commands.caption",
+    "export": "omtseg.commands.export",
     "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""

@@ -2,6 +2,11 @@
 
     omtseg segment photos/ extra.jpg --ckpt model.ckpt --classes cat dog "tv, monitor" "stuff: sky" --out out/
     omtseg segment photos/ --ckpt model.ckpt --vocabulary classes.txt --out out/ [--captioner captioner.ckpt]
+    omtseg segment photos/ --onnx model.onnx --classes cat dog "stuff: sky" --out out/ [--device cuda]
+
+``--onnx`` runs a file written by ``omtseg export`` with ONNX Runtime (CPU provider; CUDA with ``--device
+cuda`` and onnxruntime-gpu) instead of the checkpoint: the same outputs as the checkpoint gives for images
+padded to the file's image size (``--image-size`` then defaults to that size; no captioner).
 
 Folders are read one level deep (every file but hidden ones). Outputs under ``--out``, as ``omtseg predict``
 writes them (:mod:`omtseg.callbacks`) and with the same values for the same checkpoint, images, classes and
@@ -164,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "JSON + PNGs, semantic PNGs, overlays and one JSON line per file into --out.",
     )
     parser.add_argument("inputs", nargs="+", help="image files and folders of images")
-    parser.add_argument("--ckpt", required=True, help="segmenter checkpoint written by `omtseg fit`")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--ckpt", help="segmenter checkpoint written by `omtseg fit`")
+    model.add_argument("--onnx", help="exported segmenter written by `omtseg export`, run by ONNX Runtime")
     names = parser.add_mutually_exclusive_group(required=True)
     names.add_argument(
         "--classes", nargs="+", help='one argument per class: cat dog "tv, monitor" (synonyms) "stuff: sky"'
@@ -174,8 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--captioner", default=None, help="captioner checkpoint: caption every segment")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     parser.add_argument(
-        "--image-size", type=int, default=640,
-        help="long side images are resized to, pixels (the training data config's eval_size; default 640)",
+        "--image-size", type=int, default=None,
+        help="long side images are resized to, pixels (the training data config's eval_size; default 640, "
+        "with --onnx the file's longer side)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     parser.add_argument("--object-threshold", type=float, default=None, help="default: the checkpoint's")
@@ -190,13 +198,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         classes = list(args.classes)
         parse_class_list(classes, source="--classes")
     files = list_inputs(args.inputs)
-    segmenter = Segmenter.from_checkpoint(
-        args.ckpt,
-        device=args.device,
-        captioner=args.captioner,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-    )
+    if args.onnx is not None:
+        if args.captioner is not None:
+            raise ValueError("--captioner needs --ckpt: an exported segmenter runs without a captioner.")
+        segmenter = Segmenter.from_onnx(
+            args.onnx, device=args.device, image_size=args.image_size, batch_size=args.batch_size
+        )
+    else:
+        segmenter = Segmenter.from_checkpoint(
+            args.ckpt,
+            device=args.device,
+            captioner=args.captioner,
+            image_size=640 if args.image_size is None else args.image_size,
+            batch_size=args.batch_size,
+        )
     failed = run(
         files,
         segmenter,
