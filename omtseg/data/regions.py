@@ -169,6 +169,29 @@ def _find_image(dirs: Sequence[Path], name: str) -> Path:
     raise FileNotFoundError(f"Image {name} not found in {[str(d) for d in dirs]}; check image_dirs.")
 
 
+def densecap_split_ids(path: str | os.PathLike[str], split: str) -> list[int]:
+    """Image ids of a Visual Genome dense-captioning split, as the published numbers use them.
+
+    Args:
+        path: DenseCap's ``densecap_splits.json`` (``{"train": [ids], "val": [ids], "test": [ids]}``, the
+            split of Johnson et al. that SCA and GRiT evaluate on), or a COCO-style file of one split such as
+            GRiT's ``test.json`` (the ids of its ``images``).
+        split: ``train``, ``val`` or ``test`` (a COCO-style file holds one split: its images, whatever this).
+
+    Raises:
+        ValueError: neither layout, or a split the file does not have.
+    """
+    data = load_json(path, what="Visual Genome dense-captioning split file")
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        return [int(image["id"]) for image in data["images"]]
+    if isinstance(data, dict) and split in data and isinstance(data[split], list):
+        return [int(i) for i in data[split]]
+    raise ValueError(
+        f"{path} has no {split!r} split: give DenseCap's densecap_splits.json ({{'train', 'val', 'test'}}) "
+        "or a COCO-style split file such as GRiT's test.json."
+    )
+
+
 class VisualGenomeRegions(Dataset):
     """Visual Genome region descriptions, one item per image with all (or the first ``max_regions``) regions.
 
@@ -176,8 +199,12 @@ class VisualGenomeRegions(Dataset):
         region_descriptions: ``region_descriptions.json``.
         image_dirs: folders holding ``<image_id>.jpg`` (``VG_100K``, ``VG_100K_2``).
         image_ids: keep only these images (a split), in this order; None keeps all with regions.
+        split_file: the dense-captioning split file to take ``image_ids`` from (:func:`densecap_split_ids`):
+            the split that VG dense-captioning results are reported on.
+        split: the split of ``split_file`` (``train``, ``val``, ``test``).
         max_size: longer image side after resizing (None keeps the original size).
-        max_regions: regions per image at most (the first ones), bounding the captioner's memory.
+        max_regions: regions per image at most (the first ones), bounding the captioner's memory; for a random
+            subset per step see :meth:`RegionBatch.sample_regions`.
     """
 
     def __init__(
@@ -186,9 +213,15 @@ class VisualGenomeRegions(Dataset):
         region_descriptions: str | os.PathLike[str],
         image_dirs: Sequence[str | os.PathLike[str]],
         image_ids: Sequence[int] | None = None,
+        split_file: str | os.PathLike[str] | None = None,
+        split: str = "train",
         max_size: int | None = 512,
         max_regions: int | None = None,
     ) -> None:
+        if split_file is not None:
+            if image_ids is not None:
+                raise ValueError("Give image_ids or split_file, not both: the split file names the images.")
+            image_ids = densecap_split_ids(split_file, split)
         data = load_json(region_descriptions, what="Visual Genome region_descriptions.json")
         if not isinstance(data, list) or (data and "regions" not in data[0]):
             raise ValueError(

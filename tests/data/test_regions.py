@@ -25,6 +25,7 @@ from omtseg.data.regions import (
     RegionSample,
     VisualGenomeRegions,
     collate_regions,
+    densecap_split_ids,
 )
 from omtseg.data.synthetic import synthetic_vocabulary
 from omtseg.types import ImageInfo, Targets, Vocabulary
@@ -138,6 +139,29 @@ def test_visual_genome_resizes_and_selects_images(vg_root: Path) -> None:
     (vg_root / "bad.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="region_descriptions"):
         VisualGenomeRegions(region_descriptions=vg_root / "bad.json", image_dirs=[vg_root])
+
+
+def test_visual_genome_dense_captioning_splits(vg_root: Path) -> None:
+    (vg_root / "densecap_splits.json").write_text(json.dumps({"train": [1], "val": [], "test": [3]}))
+    grit = {"images": [{"id": 3, "file_name": "3.jpg"}], "annotations": []}  # GRiT's COCO-style test.json
+    (vg_root / "test.json").write_text(json.dumps(grit))
+    dirs = [vg_root / "VG_100K", vg_root / "VG_100K_2"]
+    cases = [("densecap_splits.json", "test", [3]), ("densecap_splits.json", "train", [1])]
+    cases.append(("test.json", "test", [3]))
+    for split_file, split, ids in cases:
+        ds = VisualGenomeRegions(
+            region_descriptions=vg_root / "region_descriptions.json", image_dirs=dirs,
+            split_file=vg_root / split_file, split=split, max_size=None,
+        )  # fmt: skip
+        assert [ds[i].info.image_id for i in range(len(ds))] == ids
+    assert densecap_split_ids(vg_root / "densecap_splits.json", "val") == []
+    with pytest.raises(ValueError, match="no 'dev' split"):
+        densecap_split_ids(vg_root / "densecap_splits.json", "dev")
+    with pytest.raises(ValueError, match="not both"):
+        VisualGenomeRegions(
+            region_descriptions=vg_root / "region_descriptions.json", image_dirs=dirs, image_ids=[1],
+            split_file=vg_root / "test.json",
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- RefCOCOg
