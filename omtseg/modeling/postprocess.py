@@ -16,7 +16,7 @@ per-pixel best class over blocks of classes. No (Q or K, H0, W0) float tensor is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,23 +178,33 @@ def panoptic_inference(
     keep = keep[scores[keep].argsort(descending=True, stable=True)]
     scores, labels = scores[keep], labels[keep]
     best = torch.empty(0)  # (H, W) the owner's score * mask_prob
-    owner = torch.zeros(h, w, dtype=torch.int64, device=device)  # index into kept queries
-    owner_covers = torch.zeros(h, w, dtype=torch.bool, device=device)  # owner's mask_prob >= 0.5
+    owner = torch.empty(0, dtype=torch.int32)  # (H, W) index into kept queries
+    owner_covers = torch.empty(0, dtype=torch.bool)  # (H, W) the owner's mask_prob >= 0.5
     own_area = torch.zeros(keep.numel(), dtype=torch.int64, device=device)
     for start, logits in masks.blocks(keep):
+        n = len(logits)
         probs = logits.sigmoid_()  # (n, H, W)
         covers = probs >= 0.5
-        own_area[start : start + len(probs)] = covers.flatten(1).sum(1)
-        block_best, block_owner = (scores[start : start + len(probs), None, None] * probs).max(0)
-        block_covers = covers.gather(0, block_owner[None])[0]
+        own_area[start : start + n] = covers.flatten(1).sum(1)
+        weighted = probs.mul_(scores[start : start + n, None, None])  # score * mask_prob, in place
+        block_best, block_owner = _block_max(weighted, start)
+        if block_owner is None:
+            block_covers = covers[0]
+        else:
+            block_covers = covers.gather(0, (block_owner - start).long()[None])[0]
         if start == 0:
-            best, owner, owner_covers = block_best, block_owner, block_covers
+            best, owner_covers = block_best, block_covers
+            owner = block_owner if block_owner is not None else torch.zeros(h, w, dtype=torch.int32)
             continue
         # Strictly greater: on ties the earlier (higher-scored) query keeps the pixel, as argmax does.
         wins = block_best > best
-        best = torch.where(wins, block_best, best)
-        owner = torch.where(wins, block_owner + start, owner)
-        owner_covers = torch.where(wins, block_covers, owner_covers)
+        torch.where(wins, block_best, best, out=best)
+        torch.where(wins, block_covers, owner_covers, out=owner_covers)
+        if block_owner is None:
+            owner.masked_fill_(wins, start)
+        else:
+            torch.where(wins, block_owner, owner, out=owner)
+        del wins, probs, weighted, block_best
     won_area = torch.bincount(owner.flatten(), minlength=keep.numel())
     visible_area = torch.bincount(owner[owner_covers], minlength=keep.numel())
     segments: list[PanopticSegment] = []
@@ -216,8 +226,42 @@ def panoptic_inference(
             if not thing:
                 stuff_segment[label] = seg
         segment_of[i] = seg.id
-    id_map = torch.where(owner_covers, segment_of[owner], 0).to(torch.int32)
+    id_map = segment_of[owner].masked_fill_(~owner_covers, 0)
     return PanopticResult(id_map=id_map, segments=segments)
+
+
+def _block_max(maps: Tensor, start: int) -> tuple[Tensor, Tensor | None]:
+    """Per-pixel max over a block of maps (n, H, W) and its index + ``start`` as int32 (first on ties);
+    None for the index of a one-map block, whose max is the map itself (no copy)."""
+    if len(maps) == 1:
+        return maps[0], None
+    values, index = maps.max(0)
+    return values, index.to(torch.int32).add_(start)
+
+
+def _possible_winners(class_scores: Callable[[Tensor], Tensor], num_classes: int, step: int) -> Tensor:
+    """The classes (ascending indices) that can be the best anywhere once resized, exactly.
+
+    A bilinear resize (no antialiasing) makes each output value a convex combination of a 2 x 2 window of
+    the input, so class k can win a pixel of window w only if its largest value in w reaches the largest
+    smallest value of any class in w. Classes that reach it in no window are skipped: on a trained model
+    most of a large vocabulary. ``class_scores(indices)`` gives (k, rh, rw) scores; blocks of ``step``.
+    """
+
+    def windows(block: Tensor) -> Tensor:  # (k, rh, rw) -> (k, rh + 1, rw + 1), edge pixels repeated
+        return F.pad(block[None], (0, 1, 0, 1), mode="replicate")[0]
+
+    blocks = [torch.arange(s, min(s + step, num_classes)) for s in range(0, num_classes, step)]
+    floor = None  # (rh, rw) per window, the best score some class is sure to reach
+    for block in blocks:
+        low = (-F.max_pool2d(-windows(class_scores(block)), 2, stride=1)).amax(0)  # best window minimum
+        floor = low if floor is None else torch.maximum(floor, low)
+    assert floor is not None
+    # Rounding in the resize moves values by ~1e-7 relative: the margin keeps every possible winner.
+    floor = floor - 1e-5 * floor.abs() - 1e-12
+    keep = [block[(F.max_pool2d(windows(class_scores(block)), 2, stride=1) >= floor).flatten(1).any(1)]
+            for block in blocks]  # fmt: skip
+    return torch.cat(keep)
 
 
 def semantic_inference(
@@ -228,10 +272,11 @@ def semantic_inference(
     As Mask2Former's semantic inference without ``sem_seg_postprocess_before_inference``: mask logits are
     upsampled to the model input (the canvas content), the class scores computed there, a block of classes
     at a time, and each block's scores resized to the output size and reduced to the running best class
-    per pixel. Memory holds the (Q, rh, rw) mask probabilities at the model input's resolution and one
-    block of classes at the output size, however large K and the image are. (Before, omtseg resized the
-    mask logits to the output size first, a (Q, H0, W0) and a (K, H0, W0) tensor: labels differ from those
-    only near class boundaries, by the order of a resize and a sigmoid.)
+    per pixel; classes that cannot win any pixel are skipped, exactly (:func:`_possible_winners`). Memory
+    holds the (Q, rh, rw) mask probabilities at the model input's resolution and one block of classes at
+    the output size, however large K and the image are. (Before, omtseg resized the mask logits to the
+    output size first, a (Q, H0, W0) and a (K, H0, W0) tensor: labels differ from those only near class
+    boundaries, by the order of a resize and a sigmoid.)
 
     Args:
         class_logits: (Q, K).
@@ -246,17 +291,30 @@ def semantic_inference(
     probs = masks.to_content(masks.logits).sigmoid()  # (Q, rh, rw); to_content may return the input
     grid = probs.shape[-2:]
     probs = probs.flatten(1)
+
+    def class_scores(classes: Tensor) -> Tensor:
+        return (scores[:, classes].T @ probs).unflatten(1, grid)  # (k, rh, rw)
+
+    classes = _possible_winners(class_scores, scores.shape[1], max(1, BLOCK_ELEMENTS // probs.shape[1]))
     step = masks.block_size()
-    best = labels = torch.empty(0)
-    for start in range(0, scores.shape[1], step):
-        block = (scores[:, start : start + step].T @ probs).unflatten(1, grid)  # (k, rh, rw)
-        block_best, block_labels = masks.content_to_output(block).max(0)  # (H0, W0)
+    best = position = torch.empty(0)  # (H0, W0) best score and its class's position in `classes`
+    for start in range(0, len(classes), step):
+        block_best, block_position = _block_max(
+            masks.content_to_output(class_scores(classes[start : start + step])), start
+        )  # (H0, W0)
         if start == 0:
-            best, labels = block_best, block_labels.to(torch.int32)
+            best = block_best
+            zeros = torch.zeros(best.shape, dtype=torch.int32)
+            position = zeros if block_position is None else block_position
             continue
         wins = block_best > best
-        best = torch.where(wins, block_best, best)
-        labels = torch.where(wins, (block_labels + start).to(torch.int32), labels)
+        torch.where(wins, block_best, best, out=best)
+        if block_position is None:
+            position.masked_fill_(wins, start)
+        else:
+            torch.where(wins, block_position, position, out=position)
+        del wins, block_best, block_position
+    labels = classes.to(torch.int32)[position]
     return SemanticResult(labels=labels, scores=best)
 
 

@@ -127,10 +127,21 @@ def test_panoptic_and_instances_equal_the_whole_tensor_computation(seed: int, sm
     torch.testing.assert_close(inst.scores, expected_inst.scores, rtol=1e-6, atol=0.0)
 
 
-def test_semantic_streams_classes_as_mask2former_scores_at_the_model_input(small_blocks: None) -> None:
+def test_semantic_streams_classes_as_mask2former_scores_at_the_model_input(
+    small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cls, obj, masks, info, canvas, _ = random_image(3)
-    cls = torch.randn(cls.shape[0], 50, generator=torch.Generator().manual_seed(1))  # 50 classes, many blocks
+    cls = 6.0 * torch.randn(cls.shape[0], 50, generator=torch.Generator().manual_seed(1))  # 50 classes, peaky
+    considered = []
+    winners = postprocess._possible_winners
+
+    def spy(*args: object) -> Tensor:
+        considered.append(winners(*args))  # type: ignore[arg-type]
+        return considered[-1]
+
+    monkeypatch.setattr(postprocess, "_possible_winners", spy)
     result = semantic_inference(cls, obj, OutputMasks(masks, canvas_hw=canvas, info=info))
+    assert 5 < len(considered[0]) < 40  # classes that cannot win anywhere were skipped, not all of them
     # Reference: probabilities at the model input, (K, rh, rw) scores, resized to the output as a whole.
     rh, rw = info.resized_size
     probs = F.interpolate(masks[None], size=canvas, mode="bilinear")[0, :, :rh, :rw].sigmoid()
