@@ -20,6 +20,11 @@ def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
+def _integers(array: np.ndarray) -> np.ndarray:
+    # Signed integer maps stay as they are (an int32 id map of a 4000 x 3000 photo is 48 MiB, int64 96).
+    return array if array.dtype.kind == "i" else array.astype(np.int64)
+
+
 def _jitter(color: tuple[int, int, int], index: int) -> tuple[int, int, int]:
     # Instances of one class share a hue; a deterministic brightness shift tells neighbours apart.
     if index == 0:
@@ -28,12 +33,29 @@ def _jitter(color: tuple[int, int, int], index: int) -> tuple[int, int, int]:
     return tuple(int(np.clip(c + shift, 0, 255)) for c in color)  # type: ignore[return-value]
 
 
+_ROWS = 256
+"""Rows of a picture processed at once: per-pixel temporaries of a 4000 x 3000 photo stay a few MiB."""
+
+
 def _label_anchor(mask: np.ndarray) -> tuple[int, int]:
-    # The centroid can fall outside a non-convex segment; take the segment pixel nearest to it.
-    ys, xs = np.nonzero(mask)
-    cy, cx = ys.mean(), xs.mean()
-    i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
-    return int(xs[i]), int(ys[i])
+    # The centroid can fall outside a non-convex segment; take the segment pixel nearest to it (the first in
+    # row-major order on ties), a band of rows at a time.
+    row_counts, col_counts = mask.sum(1), mask.sum(0)
+    area = row_counts.sum()
+    cy = (np.arange(mask.shape[0]) * row_counts).sum() / area
+    cx = (np.arange(mask.shape[1]) * col_counts).sum() / area
+    best: tuple[float, int, int] | None = None
+    for top in range(0, mask.shape[0], _ROWS):
+        ys, xs = np.nonzero(mask[top : top + _ROWS])
+        if ys.size == 0:
+            continue
+        ys = ys + top
+        d = (ys - cy) ** 2 + (xs - cx) ** 2
+        i = int(np.argmin(d))
+        if best is None or d[i] < best[0]:
+            best = (float(d[i]), int(xs[i]), int(ys[i]))
+    assert best is not None, "anchors are asked for non-empty masks"
+    return best[1], best[2]
 
 
 def _boundaries(ids: np.ndarray) -> np.ndarray:
@@ -66,10 +88,14 @@ def _draw_labels(picture: Image.Image, labels: Sequence[tuple[str, tuple[int, in
 def _blend(
     image: np.ndarray, colors: np.ndarray, painted: np.ndarray, edges: np.ndarray, alpha: float
 ) -> np.ndarray:
-    out = image.astype(np.float32)
-    out[painted] = (1.0 - alpha) * out[painted] + alpha * colors[painted]
-    out[edges & painted] = 255.0
-    return out.round().clip(0, 255).astype(np.uint8)
+    picture = np.empty_like(image)
+    for top in range(0, image.shape[0], _ROWS):
+        rows = slice(top, top + _ROWS)
+        out, color, paint = image[rows].astype(np.float32), colors[rows].astype(np.float32), painted[rows]
+        out[paint] = (1.0 - alpha) * out[paint] + alpha * color[paint]
+        out[edges[rows] & paint] = 255.0
+        picture[rows] = out.round().clip(0, 255).astype(np.uint8)
+    return picture
 
 
 def _check_image(image: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
@@ -104,9 +130,9 @@ def overlay_panoptic(
     Returns:
         (H, W, 3) uint8 picture.
     """
-    ids = _as_numpy(id_map).astype(np.int64)
+    ids = _integers(_as_numpy(id_map))
     image = _check_image(_as_numpy(image), ids.shape)
-    colors = np.zeros(ids.shape + (3,), dtype=np.float32)
+    colors = np.zeros(ids.shape + (3,), dtype=np.uint8)  # whole values: _blend computes in float32
     texts: list[tuple[str, tuple[int, int]]] = []
     seen: dict[int, int] = {}
     for seg in segments:
@@ -145,13 +171,13 @@ def overlay_semantic(
     Returns:
         (H, W, 3) uint8 picture.
     """
-    classes = _as_numpy(semantic).astype(np.int64)
+    classes = _integers(_as_numpy(semantic))
     image = _check_image(_as_numpy(image), classes.shape)
     if classes.max(initial=IGNORE_INDEX) >= len(vocabulary):
         raise ValueError(f"Class index {classes.max()} is outside the {len(vocabulary)}-class vocabulary.")
-    palette = np.asarray(vocabulary.colors, dtype=np.float32)
+    palette = np.asarray(vocabulary.colors, dtype=np.uint8)
     painted = classes != IGNORE_INDEX
-    colors = np.zeros(classes.shape + (3,), dtype=np.float32)
+    colors = np.zeros(classes.shape + (3,), dtype=np.uint8)
     colors[painted] = palette[classes[painted]]
     texts = [
         (vocabulary.names[k], _label_anchor(classes == k)) for k in np.unique(classes[painted]).tolist()
