@@ -175,10 +175,20 @@ class BEiT3PretrainModule(L.LightningModule):
 
     # -------------------------------------------------------------------------------------------- export
 
-    def export(self, path: str | Path) -> Path:
-        """Write the encoder (and heads) in the official unilm ``.pth`` format, atomically."""
+    def export(self, path: str | Path, *, half: bool = False) -> Path:
+        """Write the encoder (and heads) in the official unilm ``.pth`` format, atomically.
+
+        ``half``: the encoder alone (no pre-training heads) in float16, a quarter of the size; loading casts
+        it back to the model's float32 (the file the repository ships for the world's tiny trunk).
+        """
         path = Path(path)
-        state = official_state_dict(self.model.beit3, heads=self.model.heads_state_dict())
+        if half:
+            state = official_state_dict(self.model.beit3)
+            state["model"] = {
+                k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()
+            }
+        else:
+            state = official_state_dict(self.model.beit3, heads=self.model.heads_state_dict())
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         return path

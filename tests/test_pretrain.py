@@ -139,3 +139,13 @@ def test_short_pretraining_learns(tmp_path: Path) -> None:
     fresh = BEiT3(embed_dim=64, depth=2, num_heads=4, img_size=64)
     load_beit3_checkpoint(fresh, path)
     assert torch.equal(fresh.text_embed.weight, module.model.beit3.text_embed.weight)
+    # --half: the encoder alone in float16 (the file the repository ships), loaded back into float32.
+    half = module.export(tmp_path / "half.pth", half=True)
+    stored = torch.load(half, weights_only=True)["model"]
+    assert all(k.startswith("beit3.") for k in stored)  # no pre-training heads
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert half.stat().st_size < 0.3 * path.stat().st_size
+    from_half = BEiT3(embed_dim=64, depth=2, num_heads=4, img_size=64)
+    load_beit3_checkpoint(from_half, half)
+    assert from_half.text_embed.weight.dtype == torch.float32
+    assert torch.equal(from_half.text_embed.weight, module.model.beit3.text_embed.weight.half().float())

@@ -1,7 +1,7 @@
 """``make ablate``: the full model, the paper's three ablations and the random-backbone baseline, on the
 open-vocabulary world, over several seeds.
 
-    omtseg ablate [--config configs/world.yaml] [--backbone data/world/beit3_tiny_world.pth]
+    omtseg ablate [--config configs/world.yaml] [--backbone weights/beit3_tiny_world.pth]
                   [--seeds 0 1 2] [--jobs 2] [--out outputs/ablate]
 
 Each variant is the recipe plus one overlay of ``configs/ablation/`` (none for the full model), with the
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("configs/pretrain/world_tiny.yaml"),
         help="pre-training recipe of the backbone (used when --backbone is missing or stale)",
     )
-    parser.add_argument("--backbone", type=Path, default=Path("data/world/beit3_tiny_world.pth"))
+    parser.add_argument("--backbone", type=Path, default=Path("weights/beit3_tiny_world.pth"))
     parser.add_argument("--out", type=Path, default=Path("outputs/ablate"), help="output folder")
     parser.add_argument("--ablation_dir", type=Path, default=Path("configs/ablation"), help="overlays")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seed_everything values")
@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         raise ValueError(f"--jobs {args.jobs}: run at least one training at a time.")
     needs_backbone = any(v != BASELINE for v in args.variants)
-    backbone = ensure_pretrained(args.pretrain_config, args.backbone) if needs_backbone else {"metrics": {}}
+    backbone: dict[str, Any] = {"metrics": {}}
+    if needs_backbone:
+        backbone = ensure_pretrained(args.pretrain_config, args.backbone, half=True)
     jobs: dict[tuple[str, int], Any] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for variant in args.variants:

@@ -2,14 +2,14 @@
 
     omtseg demo [--out outputs/demo] [--config configs/world.yaml]
                 [--pretrain_config configs/pretrain/world_tiny.yaml]
-                [--backbone data/world/beit3_tiny_world.pth]
+                [--backbone weights/beit3_tiny_world.pth]
 
 1. ``omtseg pretrain``: BEiT-3's masked data modeling on the world's caption corpus (every word of the world,
    the analog of BEiT-3's web image-text pairs), written in the official format to ``--backbone``; reused
    when that file's record says the same pre-training config made it.
 2. ``omtseg fit`` on the SEEN classes only (BEiT-3 frozen, adapter, ``<WLS>`` prompt tuning, Mask2Former head,
    Lion; vocabulary shuffled and sub-sampled per batch), then ``omtseg test`` of the best checkpoint on the
-   seen test split, on unseen compositions and on novel concepts (prompted with all 28 names of the world).
+   seen test split, on unseen compositions and on novel concepts (prompted with all 56 names of the world).
 3. A segment captioner trained over the frozen segmenter on region descriptions, scored on val.
 4. ``omtseg predict`` on the novel-concept images with a user vocabulary that names novel concepts, and on
    the two real COCO sample images with the 133 COCO classes: overlays with the names.
@@ -73,7 +73,7 @@ that reads names gives them no pixel of the novel classes."""
 def names_not_positions(
     config_args: list[str], ckpt: str, run_dir: Path, data_root: Path, out: Path
 ) -> dict[str, float | None]:
-    """Novel-concept PQ of ``ckpt`` with the novel split's 28 names in reverse order, and with the 8
+    """Novel-concept PQ of ``ckpt`` with the novel split's 56 names in reverse order, and with the 8
     :data:`DISTRACTORS` added: a model that reads the names, not their positions, keeps its PQ."""
     categories = load_json(Path(str(world_split_paths(data_root, "novel").categories_json)))
     things, stuff = DISTRACTORS
@@ -216,7 +216,7 @@ def predict(config_args: list[str], ckpt: str, images: Path, out: Path, *extra: 
 def run(config: Path, out: Path, pretrain_config: Path, backbone: Path) -> dict[str, Any]:
     """The whole demo; returns what ``metrics.json`` holds."""
     start = time.perf_counter()
-    pretrained = ensure_pretrained(pretrain_config, backbone)
+    pretrained = ensure_pretrained(pretrain_config, backbone, half=True)
     pretrain_s = time.perf_counter() - start
     config_args = ["--config", str(config), "--model.backbone_weights", str(backbone)]
     result = fit_and_test(config_args, out / "train")
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         help="BEiT-3 pre-training recipe",
     )
     parser.add_argument(
-        "--backbone", type=Path, default=Path("data/world/beit3_tiny_world.pth"),
+        "--backbone", type=Path, default=Path("weights/beit3_tiny_world.pth"),
         help="pretrained BEiT-3 file: reused when the pre-training recipe made it, else written",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="output folder")
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{backbone['metrics'].get('val/unigram_acc', float('nan')):.2f}).\n"
         f"Zero-shot PQ, trained on seen classes only: seen {groups['seen']:.1f}, "
         f"unseen compositions {groups['unseen']:.1f}, novel concepts {groups['novel']:.1f}.\n"
-        f"Names, not positions: novel-concept PQ {names['as_given']:.1f} with the 28 names as given, "
+        f"Names, not positions: novel-concept PQ {names['as_given']:.1f} with the 56 names as given, "
         f"{names['reversed']:.1f} reversed, {names['distractors']:.1f} with 8 distractor names added;\n"
         f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f} "
         f"({metrics['caption']['protocol']}).\n"
