@@ -8,7 +8,7 @@ ABLATE_CONFIG ?= $(CONFIG)
 PYTEST_ARGS ?= -n 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint demo pretrain ablate bench eval-all clean
+.PHONY: help install test lint demo pretrain ablate ablate-text bench eval-all clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,10 @@ pretrain: $(STAMP) ## remake weights/beit3_tiny_world.pth: BEiT-3 masked data mo
 
 ablate: $(STAMP) ## full model, the three ablations and the random-backbone baseline, 3 seeds (outputs/ablate)
 	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate
+
+ablate-text: $(STAMP) ## the text attention modes sequential and one-way on the world, 3 seeds (outputs/ablate_text)
+	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate_text \
+		--variants "sequential text attention" "one-way text attention"
 
 bench: $(STAMP) ## performance suite (outputs/bench)
 	$(BIN)/python -m benchmarks.run --out outputs/bench

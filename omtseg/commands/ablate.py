@@ -2,7 +2,7 @@
 open-vocabulary world, over several seeds.
 
     omtseg ablate [--config configs/world.yaml] [--backbone weights/beit3_tiny_world.pth]
-                  [--seeds 0 1 2] [--jobs 2] [--out outputs/ablate]
+                  [--seeds 0 1 2] [--jobs 2] [--out outputs/ablate] [--variants NAME ...]
 
 Each variant is the recipe plus one overlay of ``configs/ablation/`` (none for the full model), with the
 pretrained BEiT-3 of ``omtseg demo``/``omtseg pretrain`` (made first when missing), except the baseline,
@@ -35,9 +35,14 @@ VARIANTS: dict[str, str | None] = {
     "no visual adapter": "no_adapter.yaml",
     "no prompt tuning": "no_prompt_tuning.yaml",
     "random backbone (baseline)": None,
+    "sequential text attention": "text_sequential.yaml",
+    "one-way text attention": "text_one_way.yaml",
 }
 """Variant name -> overlay file in the ablation folder (None: the recipe as is)."""
 BASELINE = "random backbone (baseline)"
+PAPER_VARIANTS = list(VARIANTS)[:5]
+"""What ``make ablate`` runs: the full model, the paper's three ablations and the random-backbone baseline;
+the text attention modes (``make ablate-text``) compare with the full model's ``per_name``."""
 
 COLUMNS = (
     ("PQ seen", "pq_seen"),
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation_dir", type=Path, default=Path("configs/ablation"), help="overlays")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seed_everything values")
     parser.add_argument("--jobs", type=int, default=2, help="trainings run at once")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=PAPER_VARIANTS, choices=list(VARIANTS))
     args = parser.parse_args(argv)
     if not args.config.is_file():
         raise FileNotFoundError(f"Config not found: {args.config}. Give a recipe such as configs/world.yaml.")
