@@ -10,7 +10,9 @@ Segmenter checkpoints are Lightning checkpoints (``omtseg fit`` writes them) wit
   no such entry: its weights exist nowhere else, so they stay in the state dict.
 
 Captioner checkpoints (:func:`save_captioner`) hold ``omtseg_captioner`` (:data:`CAPTIONER_FORMAT`), the
-arguments that rebuild the captioner and its weights, the language model included.
+arguments that rebuild the captioner and its weights, the language model included. A Lightning checkpoint of
+the captioner's training (``omtseg fit --config configs/caption/...``) carries the same entries
+(:func:`add_captioner_entries`), its captioner weights under a key prefix: :func:`load_captioner` reads both.
 
 Every file is read with ``torch.load(weights_only=True)``: hyperparameters must be plain data
 (:func:`is_plain`), never pickled objects.
@@ -39,6 +41,8 @@ BACKBONE_KEY = "omtseg_backbone"
 CAPTIONER_FORMAT = 1
 """Version of a captioner checkpoint (``omtseg_captioner``)."""
 CAPTIONER_KEY = "omtseg_captioner"
+CAPTIONER_PREFIX_KEY = "omtseg_captioner_prefix"
+"""Where the captioner's weights sit in a checkpoint's ``state_dict`` (absent: none, as save_captioner's)."""
 SEGMENTER_PREFIX = "model."
 """Where the segmenter's weights sit in a Lightning checkpoint's ``state_dict`` (the module's ``model``)."""
 
@@ -395,6 +399,48 @@ def load_segmenter(segmenter: OMTSeg, path: str | Path) -> None:
 # ------------------------------------------------------------------------------- captioner checkpoints
 
 
+def segmenter_from_checkpoint(path: str | Path) -> OMTSeg:
+    """The segmenter of an ``omtseg fit`` checkpoint, built from its saved config, weights loaded, for a
+    captioner to train or run over.
+
+    Raises:
+        FileNotFoundError: the checkpoint (or the BEiT-3 file it refers to) is missing.
+        ValueError: not an omtseg checkpoint, or one without its saved model config.
+    """
+    check_checkpoint(path, need_model_config=True)
+    model = read_checkpoint(path, header_only=True)["hyper_parameters"]["model"]
+    expected = f"{OMTSeg.__module__}.{OMTSeg.__name__}"
+    if not isinstance(model, dict) or model.get("class_path") != expected:
+        found = model.get("class_path") if isinstance(model, dict) else model
+        raise ValueError(f"{path} holds a {found!r} model, not an {expected}; give a segmenter checkpoint.")
+    segmenter = OMTSeg(**(model.get("init_args") or {}))
+    load_segmenter(segmenter, path)
+    return segmenter
+
+
+def _captioner_config(config: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """``config`` with its language model directory relative to ``folder`` when it lies inside it."""
+    lm = Path(config["language_model"]).resolve()
+    if lm.is_relative_to(folder.resolve()):
+        lm = lm.relative_to(folder.resolve())
+    return {**config, "language_model": str(lm)}
+
+
+def add_captioner_entries(checkpoint: dict[str, Any], config: Mapping[str, Any], prefix: str) -> None:
+    """Make a checkpoint being saved (a Lightning one) a captioner checkpoint too, for :func:`load_captioner`.
+
+    Args:
+        checkpoint: the checkpoint dict; its ``state_dict`` holds the captioner's weights under ``prefix``.
+        config: the keyword arguments that rebuild the captioner; ``language_model`` is stored as an
+            absolute path (the checkpoint's own folder is not known here).
+        prefix: the captioner's key prefix in ``state_dict`` (``"captioner."``).
+    """
+    assert any(k.startswith(prefix) for k in checkpoint["state_dict"]), f"no weights under {prefix!r}"
+    checkpoint[CAPTIONER_KEY] = CAPTIONER_FORMAT
+    checkpoint["config"] = {**config, "language_model": str(Path(config["language_model"]).resolve())}
+    checkpoint[CAPTIONER_PREFIX_KEY] = prefix
+
+
 def save_captioner(captioner: SegmentCaptioner, config: dict[str, Any], path: str | Path) -> Path:
     """Write a captioner checkpoint for :func:`load_captioner` (``omtseg predict --captioner_ckpt``).
 
@@ -407,23 +453,19 @@ def save_captioner(captioner: SegmentCaptioner, config: dict[str, Any], path: st
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lm = Path(config["language_model"]).resolve()
-    if lm.is_relative_to(path.parent.resolve()):
-        lm = lm.relative_to(path.parent.resolve())
-    config = {**config, "language_model": str(lm)}
+    config = _captioner_config(config, path.parent)
     state = captioner.state_dict()
     torch.save({CAPTIONER_KEY: CAPTIONER_FORMAT, "config": config, "state_dict": state}, path)
     return path
 
 
-def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
-    """Rebuild a captioner saved by :func:`save_captioner`, in eval mode.
-
-    Returns:
-        The captioner and the keyword arguments it was built with.
+def read_captioner(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The arguments and weights of a captioner checkpoint (:func:`save_captioner`'s, or a Lightning one
+    with :func:`add_captioner_entries`), read weights-only; a relative language model directory is made
+    relative to the checkpoint's folder, where :func:`save_captioner` put it.
 
     Raises:
-        FileNotFoundError: the checkpoint or the language model directory it names is missing.
+        FileNotFoundError: no such file.
         ValueError: the file is not a captioner checkpoint.
     """
     path = Path(path)
@@ -434,13 +476,43 @@ def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
     checkpoint = load_weights_only(path, fix="Give a captioner checkpoint written by save_captioner.")
     if not isinstance(checkpoint, dict) or CAPTIONER_KEY not in checkpoint:
         raise ValueError(
-            f"{path} is not a captioner checkpoint (no '{CAPTIONER_KEY}' entry); write one with "
-            "omtseg.checkpoint.save_captioner (the demo saves captioner.ckpt)."
+            f"{path} is not a captioner checkpoint (no '{CAPTIONER_KEY}' entry); give one that `omtseg fit "
+            "--config configs/caption/<recipe>.yaml` or omtseg.checkpoint.save_captioner wrote (the demo "
+            "saves captioner.ckpt)."
         )
     config = checkpoint["config"]
-    # A relative language model directory lies next to the checkpoint (see save_captioner).
     lm = Path(config["language_model"])
     config = {**config, "language_model": str(lm if lm.is_absolute() else path.parent / lm)}
+    prefix = checkpoint.get(CAPTIONER_PREFIX_KEY, "")
+    n = len(prefix)
+    state = {k[n:]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return config, state
+
+
+def load_captioner(path: str | Path) -> tuple[SegmentCaptioner, dict[str, Any]]:
+    """Rebuild a captioner saved by :func:`save_captioner`, or by ``omtseg fit`` of a captioner config (a
+    Lightning checkpoint with :func:`add_captioner_entries`), in eval mode.
+
+    Returns:
+        The captioner and the keyword arguments it was built with.
+
+    Raises:
+        FileNotFoundError: the checkpoint or the language model directory it names is missing.
+        ValueError: the file is not a captioner checkpoint.
+    """
+    config, state = read_captioner(path)
     captioner = SegmentCaptioner(**config)
-    captioner.load_state_dict(checkpoint["state_dict"])
+    captioner.load_state_dict(state)
     return captioner.eval(), config
+
+
+def load_captioner_weights(captioner: SegmentCaptioner, path: str | Path) -> None:
+    """Start ``captioner`` from the weights of a captioner checkpoint (SCA's weak pre-training, then VG).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a captioner checkpoint, or weights of another architecture.
+    """
+    _, state = read_captioner(path)
+    check_state_fits(state, captioner.state_dict())
+    captioner.load_state_dict(state)

@@ -13,6 +13,10 @@ The prediction writer is always present (``--prediction_writer.output_dir``); it
 :func:`omtseg.data.vocabulary.read_class_list`); ``--data.predict_class_names`` gives them on the command
 line. ``--captioner_ckpt`` (a captioner saved by :func:`omtseg.checkpoint.save_captioner` for the same
 segmenter) adds a caption to every predicted segment, in ``panoptic.json`` and in the overlays.
+
+A recipe whose model is :data:`CAPTIONER_MODULE` (``configs/caption/*.yaml``) trains the segment captioner
+instead, over a frozen segmenter checkpoint: ``omtseg fit|validate|test --config configs/caption/world.yaml``
+runs :class:`CaptionCLI`, chosen by the first ``--config`` file; every other command line is the segmenter's.
 """
 
 from __future__ import annotations
@@ -100,6 +104,18 @@ EVALUATING = ("validate", "test", "predict")
 """Subcommands that need trained weights (``--ckpt_path``) unless ``--allow_random_weights``."""
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """Lightning's own names for checkpoints of this run: not files to check."""
+CAPTIONER_MODULE = "omtseg.lit_captioner.CaptionerModule"
+"""A recipe whose ``model.class_path`` is this trains the captioner (:func:`build_caption_cli`)."""
+CAPTION_TRAINER_DEFAULTS: dict[str, list[dict[str, Any]]] = {
+    "logger": TRAINER_DEFAULTS["logger"],
+    "callbacks": [
+        {**c, "init_args": {**c["init_args"], "monitor": "val/cider_d"}}
+        if "monitor" in c.get("init_args", {})
+        else c
+        for c in TRAINER_DEFAULTS["callbacks"]
+    ],
+}
+""":data:`TRAINER_DEFAULTS` for captioner runs: the best checkpoint is the one of highest val CIDEr-D."""
 
 
 class OMTSegCLI(LightningCLI):
@@ -212,6 +228,76 @@ class OMTSegCLI(LightningCLI):
         data.predict_class_names, data.predict_stuff_names = things, stuff
 
 
+class CaptionCLI(LightningCLI):
+    """LightningCLI over :class:`~omtseg.lit_captioner.CaptionerModule` and a region-caption datamodule
+    (:class:`~omtseg.data.caption_datamodule.RegionCaptionDataModule`).
+
+    The datamodule's ``class_names`` become the module's (the vocabulary the frozen segmenter runs with), and
+    the captioner's config its ``captioner_arguments``, so that every checkpoint is a captioner checkpoint
+    that ``omtseg caption --captioner`` and ``Segmenter.from_checkpoint(..., captioner=)`` load.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults({f"trainer.{key}": value for key, value in CAPTION_TRAINER_DEFAULTS.items()})
+        parser.link_arguments("data", "model.init_args.class_names", _class_names, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        from omtseg.lit_captioner import captioner_arguments
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in EVALUATING and not config.get("ckpt_path"):
+            raise ValueError(
+                f"omtseg {self.subcommand} of a captioner needs --ckpt_path, a checkpoint that `omtseg fit "
+                "--config configs/caption/...` wrote."
+            )
+        captioner = config.model.init_args.captioner
+        config.model.init_args.captioner_arguments = captioner_arguments(captioner.init_args.as_dict())
+        trainer = config.trainer
+        if trainer.get("enable_progress_bar") is False and trainer.get("callbacks"):
+            trainer.callbacks = [c for c in trainer.callbacks if not c.class_path.endswith("ProgressBar")]
+
+
+def _class_names(data: Any) -> list[str]:
+    """The vocabulary a region-caption datamodule runs the segmenter with."""
+    names = getattr(data, "class_names", None)
+    if names is None:
+        raise ValueError(
+            f"The captioner takes the segmenter's vocabulary from the datamodule's class_names, which "
+            f"{type(data).__name__} has not; use omtseg.data.caption_datamodule.RegionCaptionDataModule."
+        )
+    return list(names)
+
+
+def _first_config(argv: Sequence[str]) -> Path | None:
+    """The first ``--config`` file of a command line, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
+def trains_captioner(argv: Sequence[str]) -> bool:
+    """True when the first ``--config`` file's model (inline, or the file it names) is the captioner's."""
+    path = _first_config(argv)
+    recipe = _yaml_file(path) if path is not None else None
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    if isinstance(model, str) and path is not None:
+        model = _yaml_file(path.parent / model)  # relative to the recipe, as jsonargparse reads it
+    return isinstance(model, dict) and model.get("class_path") == CAPTIONER_MODULE
+
+
+def _yaml_file(path: Path) -> Any:
+    """A YAML file's content; None for a missing or malformed file (LightningCLI then reports it)."""
+    if not path.is_file():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return None
+
+
 def _checkpoint_file(config: Any) -> bool:
     """True when the run names a checkpoint file (not one of :data:`LIGHTNING_CKPT_NAMES`)."""
     path = config.get("ckpt_path")
@@ -263,6 +349,23 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> OMTSegCLI:
     return OMTSegCLI(
         OMTSegModule,
         L.LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        parser_kwargs={"parser_mode": "omegaconf+"},
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def build_caption_cli(args: ArgsType = None, *, run: bool = True) -> CaptionCLI:
+    """:func:`build_cli` for a captioner recipe (``configs/caption/*.yaml``); see :class:`CaptionCLI`."""
+    from omtseg.lit_captioner import CaptionerModule
+
+    return CaptionCLI(
+        CaptionerModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf+"},
@@ -340,6 +443,9 @@ def main(args: ArgsType = None) -> None:
         else:
             args = argv
     try:
+        if trains_captioner(argv):
+            build_caption_cli(args)
+            return
         cli = build_cli(args)
     except (FileNotFoundError, ValueError) as e:
         if debug:

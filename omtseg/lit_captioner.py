@@ -14,11 +14,19 @@ Checkpoints hold the captioner (the LM included, so a checkpoint is self-contain
 weights as loaded, so a ``.ckpt`` alone restores the whole captioning system. For ``omtseg predict
 --captioner_ckpt``, :func:`omtseg.checkpoint.save_captioner` writes the captioner alone with the arguments
 that rebuild it, and :func:`omtseg.checkpoint.load_captioner` restores it next to any segmenter of matching
-widths.
+widths. Given ``captioner_arguments`` (``omtseg fit --config configs/caption/...`` gives them), every
+Lightning checkpoint of the module is such a captioner checkpoint as well.
+
+``omtseg fit`` builds the module from a config: the segmenter from its ``omtseg fit`` checkpoint
+(``segmenter_checkpoint``), the captioner from its arguments, or as a :class:`WordLevelCaptioner` over a tiny
+word-level language model written on first use (no hub is reachable here).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -29,12 +37,23 @@ from torch import Tensor
 
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.inference import match_queries, segmenter_pass
-from omtseg.checkpoint import load_segmenter
+from omtseg.captioning.language_model import make_word_level_lm
+from omtseg.checkpoint import (
+    add_captioner_entries,
+    load_captioner_weights,
+    load_segmenter,
+    segmenter_from_checkpoint,
+)
+from omtseg.data.caption_text import synthetic_caption_words
 from omtseg.data.regions import RegionBatch
+from omtseg.data.world import world_categories
 from omtseg.evaluation.caption import evaluate_captions, gather_captions
 from omtseg.modeling.segmenter import OMTSeg
 from omtseg.optim import WarmupDecayLR
 from omtseg.types import Vocabulary
+
+CAPTIONER_PREFIX = "captioner."
+"""Where the captioner's weights sit in the module's ``state_dict``."""
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -42,15 +61,74 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4)
 
 
+def captioner_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`SegmentCaptioner` keyword arguments among a captioner config's ``init_args`` (those of
+    :class:`WordLevelCaptioner` include its language model's own settings, which a rebuild does not take)."""
+    own = inspect.signature(SegmentCaptioner).parameters
+    return {k: v for k, v in arguments.items() if k in own}
+
+
+class WordLevelCaptioner(SegmentCaptioner):
+    """A :class:`SegmentCaptioner` over a tiny random word-level GPT-2, written to ``language_model`` unless
+    it is there already (:func:`~omtseg.captioning.language_model.make_word_level_lm`).
+
+    The open-vocabulary world's captions use a few dozen words: a random LM over exactly them, trained with
+    the mixer (``freeze_language_model: false``), stands in for GPT-2, which no hub serves here. Only the
+    file comes from this class: its weights are a :class:`SegmentCaptioner`'s, which
+    :func:`~omtseg.checkpoint.load_captioner` rebuilds.
+
+    Args:
+        language_model: the LM's directory.
+        words: its vocabulary; None: every word of the world's synthetic and class-name captions.
+        lm_num_layers: GPT-2 blocks of a new LM.
+        lm_width: embedding width of a new LM.
+        lm_num_heads: attention heads of a new LM.
+        **kwargs: the other :class:`SegmentCaptioner` arguments.
+
+    Raises:
+        ValueError: an existing LM at ``language_model`` lacks some of ``words``.
+    """
+
+    def __init__(
+        self,
+        *,
+        language_model: str,
+        words: list[str] | None = None,
+        lm_num_layers: int = 2,
+        lm_width: int = 64,
+        lm_num_heads: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        if words is None:
+            seen = Vocabulary.from_names([c["name"] for c in world_categories(("seen",))])
+            words = synthetic_caption_words(seen)
+        path = Path(language_model)
+        if (path / "config.json").is_file():
+            vocab = json.loads((path / "tokenizer.json").read_text())["model"]["vocab"]
+            missing = [w for w in words if w not in vocab]
+            if missing:
+                raise ValueError(
+                    f"The language model in {path} lacks the words {missing[:5]}; remove the folder to write "
+                    "a new one over these words, or give another language_model folder."
+                )
+        else:
+            make_word_level_lm(path, words, num_layers=lm_num_layers, width=lm_width, num_heads=lm_num_heads)
+        super().__init__(language_model=path, **kwargs)
+
+
 class CaptionerModule(L.LightningModule):
     """Train a :class:`SegmentCaptioner` on region captions over a frozen :class:`OMTSeg`.
 
     Args:
-        segmenter: the segmenter; frozen and kept in eval mode.
-        captioner: the captioner (its LM frozen or not, as it was built).
+        segmenter: the segmenter; frozen and kept in eval mode. None: the one of ``segmenter_checkpoint``,
+            built from its saved config.
+        captioner: the captioner (its LM frozen or not, as it was built); its feature and query widths must be
+            the segmenter's.
         class_names: the vocabulary the segmenter is run with (its text branch needs one; the captioner
-            reads only image features and queries).
+            reads only image features and queries); ``omtseg fit`` takes the datamodule's.
         segmenter_checkpoint: an ``omtseg fit`` checkpoint loaded into ``segmenter`` at construction.
+        captioner_checkpoint: a captioner checkpoint whose weights ``captioner`` starts from (SCA's weak
+            pre-training, then Visual Genome); None keeps its initialisation.
         optimizer: builds the optimizer from the trainable parameters (AdamW, lr 1e-4 as SCA's mixer).
         use_query_embed: condition each caption on the best-matching decoder query (SCA's segment token).
         max_caption_tokens: training captions are cut to this many tokens (end token included).
@@ -65,15 +143,20 @@ class CaptionerModule(L.LightningModule):
         lr_decay: ``"constant"`` or ``"cosine"`` (SCA) to 0 at the trainer's last step.
         regions_per_image: train on at most this many regions of each image per step, drawn at random (SCA:
             16); None trains on all.
+        captioner_arguments: the keyword arguments that rebuild ``captioner`` (``SegmentCaptioner(**them)``);
+            given, every checkpoint of the module is also a captioner checkpoint for
+            :func:`~omtseg.checkpoint.load_captioner` (``omtseg caption --captioner``). ``omtseg fit`` gives
+            them from the captioner's config.
     """
 
     def __init__(
         self,
         *,
-        segmenter: OMTSeg,
+        segmenter: OMTSeg | None = None,
         captioner: SegmentCaptioner,
         class_names: list[str],
         segmenter_checkpoint: str | None = None,
+        captioner_checkpoint: str | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         use_query_embed: bool = True,
         max_caption_tokens: int = 32,
@@ -85,11 +168,22 @@ class CaptionerModule(L.LightningModule):
         warmup_steps: int = 0,
         lr_decay: Literal["constant", "cosine"] = "constant",
         regions_per_image: int | None = None,
+        captioner_arguments: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["segmenter", "captioner", "optimizer"])
-        if segmenter_checkpoint is not None:
+        if segmenter is None:
+            if segmenter_checkpoint is None:
+                raise ValueError(
+                    "The captioner needs its segmenter: give segmenter_checkpoint, the .ckpt that `omtseg "
+                    "fit --config configs/world.yaml` (or any segmenter recipe) wrote."
+                )
+            segmenter = segmenter_from_checkpoint(segmenter_checkpoint)
+        elif segmenter_checkpoint is not None:
             load_segmenter(segmenter, segmenter_checkpoint)
+        check_widths(segmenter, captioner)
+        if captioner_checkpoint is not None:
+            load_captioner_weights(captioner, captioner_checkpoint)
         segmenter.requires_grad_(False)
         self.segmenter = segmenter.eval()
         self.captioner = captioner
@@ -111,6 +205,7 @@ class CaptionerModule(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.lr_decay = lr_decay
         self.regions_per_image = regions_per_image
+        self.captioner_arguments = captioner_arguments
         self._predictions: dict[str, str] = {}
         self._references: dict[str, list[str]] = {}
 
@@ -119,6 +214,10 @@ class CaptionerModule(L.LightningModule):
         super().train(mode)
         self.segmenter.eval()
         return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.captioner_arguments is not None:
+            add_captioner_entries(checkpoint, self.captioner_arguments, CAPTIONER_PREFIX)
 
     def _inputs(self, batch: RegionBatch) -> dict[str, Any]:
         """The captioner's inputs for a batch: features, masks, batch index and matched query embeddings."""
@@ -197,3 +296,24 @@ class CaptionerModule(L.LightningModule):
     def predict_step(self, batch: RegionBatch, batch_idx: int) -> list[str]:
         """Captions of every region of the batch."""
         return self.caption(batch)
+
+
+def check_widths(segmenter: OMTSeg, captioner: SegmentCaptioner) -> None:
+    """Raise a clear error when the captioner does not read the segmenter's feature and query widths.
+
+    Raises:
+        ValueError: ``feature_dim`` is not the pixel decoder's ``conv_dim``, or ``query_dim`` not the
+            decoder's width.
+    """
+    features = segmenter.pixel_decoder.conv_dim
+    queries = segmenter.decoder.decoder_norm.normalized_shape[0]
+    proj = captioner.input_proj  # the identity when the features are as wide as the mixer
+    width = captioner.caption_queries.shape[1]
+    feature_dim = proj.in_features if isinstance(proj, torch.nn.Linear) else width
+    query_dim = captioner.query_proj.in_features
+    if (feature_dim, query_dim) != (features, queries):
+        raise ValueError(
+            f"The captioner reads {feature_dim}-wide features and {query_dim}-wide queries but the "
+            f"segmenter has {features} and {queries}; set the captioner's feature_dim: {features}, "
+            f"query_dim: {queries}."
+        )

@@ -15,7 +15,7 @@ from omtseg.modeling.backbone.beit3 import BEiT3, beit3_tiny
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = CONFIGS / "demo.yaml"
-FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "pretrain")
+FILES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("pretrain", "caption"))
 PRETRAIN_FILES = sorted((CONFIGS / "pretrain").glob("*.yaml"))
 
 
