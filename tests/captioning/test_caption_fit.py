@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,7 +135,7 @@ def test_captioner_widths_must_be_the_segmenter_s(segmenter_ckpt: Path, tmp_path
         build_caption_cli(args, run=False)
 
 
-@pytest.mark.parametrize("name", ["world", "vg", "coco_weak"])
+@pytest.mark.parametrize("name", ["world", "vg", "coco_weak", "refcocog"])
 def test_recipes_print_their_sca_switches(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with mock.patch.object(sys, "argv", ["omtseg"]), pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CAPTION / f"{name}.yaml"), "--print_config"])
@@ -204,17 +205,46 @@ def _coco(root: Path) -> None:
         (coco / "annotations" / f"panoptic_{split}2017.json").write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("name", ["vg", "coco_weak"])
+def _refcocog(root: Path) -> None:
+    """Two COCO images, one referred polygon each (a train ref, a val ref), where refcocog.yaml reads."""
+    (root / "refcocog").mkdir()
+    (root / "coco" / "train2014").mkdir(parents=True)
+    images = [
+        {"id": i, "file_name": f"COCO_train2014_{i:012d}.jpg", "height": 48, "width": 64} for i in (5, 6)
+    ]
+    for image in images:
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(root / "coco" / "train2014" / image["file_name"])
+    annotations = [
+        {"id": 10 * i, "image_id": i, "category_id": 1, "iscrowd": 0,
+         "segmentation": [[4, 4, 40, 4, 40, 30, 4, 30]]}
+        for i in (5, 6)
+    ]  # fmt: skip
+    (root / "refcocog" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": annotations})
+    )
+    refs = [
+        {"ref_id": i, "ann_id": 10 * i, "image_id": i, "split": split, "category_id": 1,
+         "sentences": [{"sent": "the red box"}, {"sent": "a box"}]}
+        for i, split in ((5, "train"), (6, "val"))
+    ]  # fmt: skip
+    with (root / "refcocog" / "refs(umd).p").open("wb") as f:
+        pickle.dump(refs, f)
+
+
+@pytest.mark.parametrize("name", ["vg", "coco_weak", "refcocog"])
 def test_gpu_recipes_build_and_train_on_tiny_data(name: str, segmenter_ckpt: Path, tmp_path: Path) -> None:
-    lm = make_word_level_lm(tmp_path / "lm", "a red box 0 1 2 person wall".split(), width=32)
-    (_visual_genome if name == "vg" else _coco)(tmp_path)
+    lm = make_word_level_lm(tmp_path / "lm", "a red box 0 1 2 person wall the".split(), width=32)
+    {"vg": _visual_genome, "coco_weak": _coco, "refcocog": _refcocog}[name](tmp_path)
     with mock.patch.object(sys, "argv", ["omtseg"]):
         cli = build_caption_cli(_tiny_recipe(name, segmenter_ckpt, lm, tmp_path), run=False)
     data, module = cli.datamodule, cli.model
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert len(batch) == 2 and max(batch.images.shape[-2:]) <= 64  # jittered to the 64-pixel window
-    if name == "vg":
+    assert len(batch) == (1 if name == "refcocog" else 2) and max(batch.images.shape[-2:]) <= 64  # jittered
+    if name == "refcocog":
+        assert batch.captions == [["the red box", "a box"]] and batch.region_ids == ["5"]  # the train ref
+        assert [image_id for image_id, _ in data.datasets["val"].records] == [6]  # type: ignore[attr-defined]
+    elif name == "vg":
         assert [r[0] for r in data.datasets["val"].records] == [3]  # type: ignore[attr-defined]
         assert batch.captions[0][0].startswith("a red box")
         assert len(module.vocabulary.names) == 133  # VG has no classes: the segmenter runs with COCO's
