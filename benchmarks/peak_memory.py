@@ -2,11 +2,11 @@
 
 Every configuration runs ``omtseg predict`` (the demo recipe, configs/demo.yaml: the tiny model at
 ``eval_size`` 64, random weights, ``--allow_random_weights``) on one image in a **fresh process**, and its
-peak resident set size is read from the kernel when the process ends (``os.wait4``'s ``ru_maxrss``,
-Linux KiB): the whole process as a user runs it (imports, model, image decode, forward, post-processing,
-PNGs, overlay). Configurations are interleaved over the repeats, so a change of machine load hits them
-alike; the figure is the median. The children run with glibc's malloc defaults (no ``MALLOC_*`` tuning)
-and one thread.
+peak resident set size (``VmHWM`` of ``/proc/self/status``, written as it exits; see :func:`peak_rss_kib`
+for why not ``ru_maxrss``) covers the whole process as a user runs it (imports, model, image decode,
+forward, post-processing, PNGs, overlay). Configurations are interleaved over the repeats, so a change of
+machine load hits them alike; the figure is the median. The children run with glibc's malloc defaults (no
+``MALLOC_*`` tuning) and one thread.
 
 Configurations:
 
@@ -34,9 +34,6 @@ from typing import Any
 
 from PIL import Image
 
-from omtseg.data.benchmark_registry import zero_shot_vocabulary
-from omtseg.io import save_json
-
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 PHOTO_DIR = REPO.parent / "shared" / "data" / "coco_panoptic_sample" / "images"
@@ -45,6 +42,8 @@ MIB = 1024  # ru_maxrss is in KiB on Linux
 
 def class_names(count: int) -> list[str]:
     """``count`` distinct class names: ADE20K-847's first names, then "small <name>", "large <name>"."""
+    from omtseg.data.benchmark_registry import zero_shot_vocabulary  # here: children import this module light
+
     base = list(dict.fromkeys(n.lower() for n in zero_shot_vocabulary("ade20k_847").names))
     names = [*base, *(f"small {n}" for n in base), *(f"large {n}" for n in base)]
     if count > len(names):
@@ -70,27 +69,57 @@ def write_photo(folder: Path, height: int, width: int) -> Path:
     return path
 
 
+PEAK_RSS_FILE = "OMTSEG_BENCH_PEAK_RSS_FILE"
+"""Environment variable naming the file a child writes its peak RSS (KiB) to as it exits."""
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident set size since it started its program (``VmHWM``, KiB).
+
+    Not ``ru_maxrss``: Linux keeps in it the resident set of the process before ``exec``, i.e. of the parent
+    at ``fork`` time, so a child of a large benchmark process reads at least the parent's size.
+    """
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def report_peak_rss() -> None:
+    """Write :func:`peak_rss_kib` to the file named by :data:`PEAK_RSS_FILE` (called as a child exits)."""
+    with open(os.environ[PEAK_RSS_FILE], "w") as f:
+        f.write(str(peak_rss_kib()))
+
+
+def run_child(code: str, args: list[str], workdir: Path) -> tuple[float, str, str]:
+    """Run ``python -c code args`` in a fresh process (1 thread, glibc malloc defaults): its peak RSS in
+    MiB, stdout and stderr. ``code`` must call :func:`report_peak_rss` on the way out.
+
+    Raises:
+        RuntimeError: the child failed.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **{PEAK_RSS_FILE: f"{tmp}/peak"})
+        done = subprocess.run([sys.executable, "-c", code, *args], cwd=workdir, env=env, capture_output=True,
+                              text=True)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{code} {args[:4]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        peak = int(Path(f"{tmp}/peak").read_text()) / MIB
+    return peak, done.stdout, done.stderr
+
+
 def predict_peak_rss(image_dir: Path, out_dir: Path, extra: list[str], workdir: Path) -> dict[str, float]:
     """Run ``omtseg predict`` on ``image_dir`` in a fresh process: its peak RSS (MiB) and wall seconds."""
     args = ["predict", "--config", str(DEMO_CONFIG), "--allow_random_weights", "true",
             "--data.init_args.predict_image_dir", str(image_dir),
             "--prediction_writer.output_dir", str(out_dir), "--trainer.enable_progress_bar", "false",
             *extra]  # fmt: skip
-    code = "import sys; from omtseg.cli import main; main(sys.argv[1:])"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    code = (
+        "import sys; from benchmarks.peak_memory import report_peak_rss; from omtseg.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nfinally:\n    report_peak_rss()"
+    )
     start = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, *args], cwd=workdir, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert child.stderr is not None
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"omtseg predict {' '.join(extra)} failed ({child.returncode}):\n{stderr[-3000:]}")
-    return {"peak_rss_mib": usage.ru_maxrss / MIB, "wall_s": time.perf_counter() - start}
+    peak, _, _ = run_child(code, args, workdir)
+    return {"peak_rss_mib": peak, "wall_s": time.perf_counter() - start}
 
 
 def _interleaved(configs: dict[str, tuple[Path, list[str]]], repeats: int, tmp: Path) -> dict[str, Any]:
@@ -114,6 +143,8 @@ def _interleaved(configs: dict[str, tuple[Path, list[str]]], repeats: int, tmp: 
 
 def run(out_dir: str | Path, *, repeats: int = 2, quick: bool = False) -> dict[str, Any]:
     """Measure every configuration; write ``peak_memory.json``; return the results."""
+    from omtseg.io import save_json
+
     repeats = 1 if quick else repeats
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -134,7 +165,7 @@ def run(out_dir: str | Path, *, repeats: int = 2, quick: bool = False) -> dict[s
         classes = _interleaved(vocabularies, repeats, tmp)
     result = {
         "setup": "omtseg predict, configs/demo.yaml (tiny model, eval_size 64, random weights), one image "
-        "per fresh process, 1 thread, glibc malloc defaults; peak = ru_maxrss of the process; median of "
+        "per fresh process, 1 thread, glibc malloc defaults; peak = VmHWM of the process; median of "
         f"{repeats} interleaved runs",
         "image_size": image_size,
         "classes": classes,

@@ -1,27 +1,28 @@
-"""Inference cost per image against vocabulary size: the five zero-shot vocabularies (20 ... 847 classes).
+"""Inference cost per image against vocabulary size, per text-attention mode: K = 20 ... 2,000 classes.
 
-The tiny model of ``configs/model/omtseg_tiny.yaml`` (random weights: cost does not depend on them) segments
-one 640 x 640 image on CPU, prompted with the real class lists of Pascal VOC-20, Pascal Context-59,
-ADE20K-150, Pascal Context-459 and ADE20K-847 (synonyms included, so P prompt entries >= K classes), in two
-modes:
+The tiny model of ``configs/model/omtseg_tiny.yaml`` (random weights: cost does not depend on them; its
+``img_size`` set to the image side, so no position resampling) segments one 640 x 640 image on CPU,
+prompted with the real class lists of Pascal VOC-20, ADE20K-150, Pascal Context-459 and ADE20K-847
+(synonyms included, so P prompt entries >= K classes) and with 2,000 names (ADE20K-847's, then "small ..."
+and "large ..." variants), in each text-attention mode of :class:`~omtseg.modeling.segmenter.OMTSeg`:
 
-- ``joint`` (the paper, ``cross_modal=True``): every prompt chunk runs through BEiT-3 together with the image,
-  so the cost grows with the number of chunks C (about tokens / 254 at ``max_text_tokens=256``);
-- ``separate`` (``cross_modal=False``): the image runs once and the text features, image independent, are
-  computed on the first call and cached, so later images cost one image pass whatever the vocabulary.
+- ``sequential`` (the paper's prompt): names share one sequence with full attention; a vocabulary longer
+  than ``max_text_tokens`` (1,022) is cut into chunks, each a full BEiT-3 pass with the image;
+- ``per_name`` (the tiny recipe's mode): each name has its own positions and reads itself and the image, in
+  one pass whatever K; the image reads every name;
+- ``one_way``: as ``per_name``, but the image does not read the names.
 
-Per configuration: the first forward (tokenisation and, when separate, the text passes included), the
-median steady-state forward, and one steady-state ``OMTSeg.predict`` with semantic post-processing (the
-mIoU path: per-class scores at the original size, a (K, H, W) float tensor). At 640 px a joint pass of even
-the tiny model takes seconds on CPU and ADE20K-847 needs 19 of them per image, so repeats are few.
+Two measurements, both on one thread:
 
-Times are wall seconds (``*_s``) and process CPU seconds over all threads (``*_cpu_s``,
-``time.process_time``): on a shared machine the CPU seconds are the stable figure, so the plot shows them.
-
-Peak memory is the growth of the process's maximum resident set size
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, Linux KiB) over the model and input already in memory, each
-configuration in a fresh subprocess: ``peak_forward_mib`` after the first forward, ``peak_predict_mib``
-after the predict (max RSS only grows, so it is the larger).
+- **time**: all modes and vocabularies in one process; after a warm-up forward per configuration
+  (tokenisation cached), ``repeats`` rounds in each of which every configuration runs one forward, in an
+  order rotated per round, so a change of machine load hits them alike. Figures are medians of wall and
+  process-CPU seconds (``time.process_time``; the stable figure on a shared machine).
+- **memory**: each configuration in a **fresh process** that builds the model, runs one forward and one
+  ``predict(tasks=("panoptic", "semantic"))`` (what ``omtseg predict`` writes), and reports its peak
+  resident set size (``VmHWM``, see :func:`benchmarks.peak_memory.peak_rss_kib`) as it exits.
+  ``ready_rss_mib`` is its resident set once the model is built, so ``peak - ready`` is what the inference
+  itself added.
 
 Outputs: ``vocab_scaling.json`` and ``vocab_scaling.png`` (time and memory against K, log-scaled K axis).
 Run: ``python -m benchmarks.vocab_scaling --out outputs/bench/vocab_scaling [--quick]``.
@@ -32,10 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
+import os
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,86 +44,114 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
+from benchmarks.peak_memory import class_names, run_child
 from omtseg.data.benchmark_registry import zero_shot_vocabulary
 from omtseg.io import atomic_path, save_json
 from omtseg.modeling.segmenter import OMTSeg
-from omtseg.types import Batch, ImageInfo
+from omtseg.types import Batch, ImageInfo, Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "model" / "omtseg_tiny.yaml"
-BENCHMARKS = ("pascal_voc_20", "pascal_context_59", "ade20k_150", "pascal_context_459", "ade20k_847")
-MODES = ("joint", "separate")
+BENCHMARKS = ("pascal_voc_20", "ade20k_150", "pascal_context_459", "ade20k_847", "names_2000")
+MODES = ("sequential", "per_name", "one_way")
 IMAGE_SIZE = 640
+MIB = 1024  # ru_maxrss is in KiB on Linux
 
 
-def _max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def vocabulary(benchmark: str) -> Vocabulary:
+    """A benchmark's classes, or ``names_<K>``: K names (:func:`benchmarks.peak_memory.class_names`)."""
+    if benchmark.startswith("names_"):
+        return Vocabulary.from_names(class_names(int(benchmark.split("_")[1])))
+    return zero_shot_vocabulary(benchmark)
 
 
-def _timed(fn: Any, repeats: int) -> tuple[float, float]:
-    """Median wall seconds and median process CPU seconds (all threads) of ``fn()``."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def measure(benchmark: str, mode: str, image_size: int = IMAGE_SIZE, repeats: int = 2) -> dict[str, Any]:
-    """One configuration, in this process (run it in a fresh one for the memory figures)."""
+def build(mode: str, image_size: int = IMAGE_SIZE) -> OMTSeg:
+    """The tiny model in ``mode``, random weights (seeded), in eval mode."""
     torch.manual_seed(0)
     config = yaml.safe_load(TINY_CONFIG.read_text())["model"]["init_args"]
-    model = OMTSeg(**{**config, "cross_modal": mode == "joint"}).eval()
-    vocabulary = zero_shot_vocabulary(benchmark)
-    chunks = model.prompts.tokenize(vocabulary)
-    image = torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8)
+    return OMTSeg(**{**config, "img_size": image_size, "text_attention": mode}).eval()
+
+
+def _batch(vocab: Vocabulary, image_size: int) -> Batch:
+    image = torch.randint(0, 256, (1, 3, image_size, image_size), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
     size = (image_size, image_size)
-    batch = Batch(
+    return Batch(
         images=image,
         padding_mask=torch.zeros((1, image_size, image_size), dtype=torch.bool),
         targets=None,
         infos=[ImageInfo(image_id=0, file_name="random.jpg", orig_size=size, resized_size=size)],
-        vocabulary=vocabulary,
+        vocabulary=vocab,
     )
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_child(benchmark: str, mode: str, image_size: int) -> dict[str, Any]:
+    """In a fresh process: build, one forward, one predict (panoptic + semantic); RSS once built."""
+    torch.set_num_threads(1)
+    model = build(mode, image_size)
+    vocab = vocabulary(benchmark)
+    batch = _batch(vocab, image_size)
+    chunks = model.prompts.tokenize(vocab, per_name=mode != "sequential")
+    ready = _rss_mib()
     with torch.inference_mode():
-        base = _max_rss_mib()
-        first_forward, first_forward_cpu = _timed(lambda: model(image, vocabulary), 1)
-        peak_forward = _max_rss_mib() - base
-        forward, forward_cpu = _timed(lambda: model(image, vocabulary), repeats)
-        # Prompts (and separate-mode text features) are cached by now: one predict is a steady-state one.
-        predict, predict_cpu = _timed(lambda: model.predict(batch, tasks=("semantic",)), 1)
-        peak_predict = _max_rss_mib() - base
+        model(batch.images, vocab)
+        model.predict(batch, tasks=("panoptic", "semantic"))
+    return {"ready_rss_mib": ready, "chunks": len(chunks),
+            "text_tokens": sum(len(c.text_ids) for c in chunks),
+            "prompt_entries": sum(len(c.prompt_class) for c in chunks)}  # fmt: skip
+
+
+def _memory(benchmark: str, mode: str, image_size: int) -> dict[str, Any]:
+    """:func:`memory_child` in a fresh process, and its peak RSS."""
+    code = (
+        "import json; from benchmarks.peak_memory import report_peak_rss\n"
+        "from benchmarks.vocab_scaling import memory_child\n"
+        f"print(json.dumps(memory_child({benchmark!r}, {mode!r}, {image_size})))\nreport_peak_rss()"
+    )
+    peak, stdout, _ = run_child(code, [], REPO)
+    return {**json.loads(stdout.strip().splitlines()[-1]), "peak_rss_mib": peak}
+
+
+def timings(benchmarks: Sequence[str], modes: Sequence[str], image_size: int, repeats: int) -> dict[str, Any]:
+    """Interleaved forward timings of every (mode, benchmark) in this process (one thread)."""
+    torch.set_num_threads(1)
+    models = {mode: build(mode, image_size) for mode in modes}
+    vocabs = {b: vocabulary(b) for b in benchmarks}
+    images = _batch(vocabs[benchmarks[0]], image_size).images
+    configs = [(m, b) for m in modes for b in benchmarks]
+    first: dict[tuple[str, str], float] = {}
+    wall: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    cpu: dict[tuple[str, str], list[float]] = {c: [] for c in configs}
+    with torch.inference_mode():
+        for mode, b in configs:
+            start = time.perf_counter()
+            models[mode](images, vocabs[b])
+            first[(mode, b)] = time.perf_counter() - start
+        for r in range(repeats):
+            shift = r * len(configs) // max(repeats, 1)
+            for mode, b in configs[shift:] + configs[:shift]:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                models[mode](images, vocabs[b])
+                wall[(mode, b)].append(time.perf_counter() - start)
+                cpu[(mode, b)].append(time.process_time() - start_cpu)
+            print(f"[vocab_scaling] timing round {r + 1}/{repeats} done", flush=True)
     return {
-        "classes": len(vocabulary),
-        "prompt_entries": sum(len(c.prompt_class) for c in chunks),
-        "text_tokens": sum(len(c.text_ids) for c in chunks),
-        "chunks": len(chunks),
-        "first_forward_s": first_forward,
-        "forward_s": forward,
-        "predict_s": predict,
-        "first_forward_cpu_s": first_forward_cpu,
-        "forward_cpu_s": forward_cpu,
-        "predict_cpu_s": predict_cpu,
-        "peak_forward_mib": peak_forward,
-        "peak_predict_mib": peak_predict,
-        "threads": torch.get_num_threads(),
+        mode: {
+            b: {"first_forward_s": first[(mode, b)], "forward_s": statistics.median(wall[(mode, b)]),
+                "forward_cpu_s": statistics.median(cpu[(mode, b)]),
+                "forward_s_runs": [round(t, 3) for t in wall[(mode, b)]]}  # fmt: skip
+            for b in benchmarks
+        }
+        for mode in modes
     }
 
 
-def _in_subprocess(benchmark: str, mode: str, image_size: int, repeats: int) -> dict[str, Any]:
-    code = (
-        "import json; from benchmarks.vocab_scaling import measure; "
-        f"print(json.dumps(measure({benchmark!r}, {mode!r}, {image_size}, {repeats})))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{benchmark}/{mode} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-COLORS = {"joint": (40, 90, 180), "separate": (220, 120, 30)}
+COLORS = {"sequential": (40, 90, 180), "per_name": (220, 120, 30), "one_way": (40, 160, 60)}
 
 
 def _panel(
@@ -188,28 +215,43 @@ def run(
     benchmarks: Sequence[str] = BENCHMARKS,
     modes: Sequence[str] = MODES,
     image_size: int = IMAGE_SIZE,
-    repeats: int = 2,
+    repeats: int = 3,
     quick: bool = False,
 ) -> dict[str, Any]:
-    """Measure every (vocabulary, mode) in its own subprocess; write the JSON and the plot; return the
-    results ``{"setup", "results": {mode: {benchmark: figures}}}``. ``quick`` times 1 steady forward."""
-    repeats = 1 if quick else repeats
-    results: dict[str, dict[str, Any]] = {m: {} for m in modes}
-    for benchmark in benchmarks:
+    """Time every (mode, vocabulary) interleaved, measure each one's memory in a fresh process; write the
+    JSON and the plot; return ``{"setup", "results": {mode: {benchmark: figures}}, "ratios"}``."""
+    if quick:
+        benchmarks, repeats = [b for b in benchmarks if b in ("pascal_voc_20", "ade20k_847")], 1
+    results = timings(benchmarks, modes, image_size, repeats)
+    for b in benchmarks:
         for mode in modes:
-            results[mode][benchmark] = _in_subprocess(benchmark, mode, image_size, repeats)
-            print(f"[vocab_scaling] {benchmark} {mode}: {results[mode][benchmark]}", flush=True)
+            results[mode][b].update(_memory(b, mode, image_size))
+            results[mode][b]["classes"] = len(vocabulary(b))
+            print(f"[vocab_scaling] {b} {mode}: {results[mode][b]}", flush=True)
+    ratios = {
+        mode: {
+            "forward_847_over_20": results[mode]["ade20k_847"]["forward_s"]
+            / results[mode]["pascal_voc_20"]["forward_s"],
+            "forward_cpu_847_over_20": results[mode]["ade20k_847"]["forward_cpu_s"]
+            / results[mode]["pascal_voc_20"]["forward_cpu_s"],
+            "peak_rss_847_over_20": results[mode]["ade20k_847"]["peak_rss_mib"]
+            / results[mode]["pascal_voc_20"]["peak_rss_mib"],
+        }
+        for mode in modes
+        if "ade20k_847" in results[mode] and "pascal_voc_20" in results[mode]
+    }
     out = {
-        "setup": f"tiny OMTSeg ({TINY_CONFIG.name}), 1 image {image_size}x{image_size}, CPU, inference mode, "
-        f"median of {repeats}; memory: ru_maxrss growth in a fresh process per configuration",
+        "setup": f"tiny OMTSeg ({TINY_CONFIG.name}, img_size {image_size}), 1 image "
+        f"{image_size}x{image_size}, CPU, 1 thread, inference mode; time: median of {repeats} interleaved "
+        "rounds; memory: VmHWM of a fresh process per configuration (build + forward + predict panoptic "
+        "and semantic)",
         "results": results,
+        "ratios": ratios,
     }
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     save_json(out, folder / "vocab_scaling.json", indent=2)
-    panels = [("forward_cpu_s", "forward, CPU s / image"),
-              ("predict_cpu_s", "predict (semantic), CPU s / image"),
-              ("peak_predict_mib", "peak RSS growth (predict), MiB")]  # fmt: skip
+    panels = [("forward_s", "forward, s / image"), ("peak_rss_mib", "peak RSS (forward + predict), MiB")]
     line_plot(folder / "vocab_scaling.png", results, panels)
     return out
 
@@ -218,9 +260,11 @@ def main(args: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/bench/vocab_scaling")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    parser.add_argument("--quick", action="store_true", help="1 steady forward instead of 2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="VOC-20 and ADE20K-847 only, one round")
     parsed = parser.parse_args(args)
-    print(json.dumps(run(parsed.out, image_size=parsed.image_size, quick=parsed.quick), indent=2))
+    result = run(parsed.out, image_size=parsed.image_size, repeats=parsed.repeats, quick=parsed.quick)
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
