@@ -244,8 +244,9 @@ def _possible_winners(class_scores: Callable[[Tensor], Tensor], num_classes: int
 
     A bilinear resize (no antialiasing) makes each output value a convex combination of a 2 x 2 window of
     the input, so class k can win a pixel of window w only if its largest value in w reaches the largest
-    smallest value of any class in w. Classes that reach it in no window are skipped: on a trained model
-    most of a large vocabulary. ``class_scores(indices)`` gives (k, rh, rw) scores; blocks of ``step``.
+    smallest value of any class in w. Classes that reach it in no window are skipped (where no query is
+    sure of a pixel, many classes score alike and few are). ``class_scores(indices)`` gives (k, rh, rw)
+    scores; blocks of ``step``.
     """
 
     def windows(block: Tensor) -> Tensor:  # (k, rh, rw) -> (k, rh + 1, rw + 1), edge pixels repeated
