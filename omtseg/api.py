@@ -334,10 +334,12 @@ class Segmenter:
         sample = Sample(image=torch.tensor(array).permute(2, 0, 1).contiguous(), targets=None, info=info)
         return array, self.transform(sample)
 
-    def _segmenter_pass(self, batch: Batch, **thresholds: Any) -> tuple[list[ImageResult], SegmenterPass]:
+    def _segmenter_pass(
+        self, batch: Batch, tasks: Sequence[str] = TASKS, **thresholds: Any
+    ) -> tuple[list[ImageResult], SegmenterPass]:
         """The post-processed results of one pass over ``batch`` and what the pass left for captions."""
         with SegmenterTap(self.model) as tap:
-            raw = self.model.predict(batch, tasks=TASKS, **thresholds)
+            raw = self.model.predict(batch, tasks=tasks, **thresholds)
             return raw, tap.captured(raw)
 
     @torch.no_grad()
@@ -347,14 +349,16 @@ class Segmenter:
         vocabulary: Vocabulary,
         *,
         captions: bool | None = None,
+        tasks: Sequence[str] = TASKS,
         **thresholds: Any,
     ) -> list[SegmentationResult]:
-        """Segment prepared samples (:meth:`sample`) in one forward pass; see :meth:`__call__`."""
+        """Segment prepared samples (:meth:`sample`) in one forward pass; see :meth:`__call__`. ``tasks``:
+        the results to compute ("panoptic", needed for segments and captions, "semantic", "instance")."""
         batch = collate([s for _, s in samples], vocabulary=vocabulary, size_divisibility=SIZE_DIVISOR)
         batch = batch.to(self.device)
         if captions and self.captioner is None:
             raise ValueError("captions=True needs a captioner: from_checkpoint(..., captioner=...).")
-        raw, passed = self._segmenter_pass(batch, **thresholds)
+        raw, passed = self._segmenter_pass(batch, tasks, **thresholds)
         if self.captioner is not None and captions is not False:
             caption_segments(passed, self.captioner, batch, max_new_tokens=self.caption_max_tokens)
         return [
@@ -498,8 +502,10 @@ class ExportedSegmenter(Segmenter):
         self.caption_max_tokens = 0
         self._vocabularies = OrderedDict()
 
-    def _segmenter_pass(self, batch: Batch, **thresholds: Any) -> tuple[list[ImageResult], SegmenterPass]:
-        raw, queries, mask_logits = self.runtime.predict(batch, tasks=TASKS, **thresholds)
+    def _segmenter_pass(
+        self, batch: Batch, tasks: Sequence[str] = TASKS, **thresholds: Any
+    ) -> tuple[list[ImageResult], SegmenterPass]:
+        raw, queries, mask_logits = self.runtime.predict(batch, tasks=tasks, **thresholds)
         return raw, SegmenterPass(multi_scale=[], queries=queries, mask_logits=mask_logits, results=raw)
 
 

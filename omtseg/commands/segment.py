@@ -45,6 +45,8 @@ from omtseg.io import read_checked, save_image, save_json
 from omtseg.types import Sample, Vocabulary
 
 OVERLAY_MIN_SIDE = 512
+WRITTEN_TASKS = ("panoptic", "semantic")
+"""What the files hold; instances are not written, so not computed (a full-size mask each)."""
 """Overlays of smaller images are enlarged to this short side, as ``omtseg predict`` draws them."""
 
 
@@ -135,7 +137,8 @@ def run(
     pending: list[tuple[Path, tuple[np.ndarray, Sample]]] = []
 
     def flush() -> None:
-        results = segmenter.segment_samples([s for _, s in pending], vocabulary, **thresholds)
+        results = segmenter.segment_samples([s for _, s in pending], vocabulary, tasks=WRITTEN_TASKS,
+                                            **thresholds)  # fmt: skip
         for (path, _), result in zip(pending, results, strict=True):
             writer.result(path, result)
         pending.clear()
