@@ -194,7 +194,7 @@ def panoptic_inference(
             block_covers = covers.gather(0, (block_owner - start).long()[None])[0]
         if start == 0:
             best, owner_covers = block_best, block_covers
-            owner = block_owner if block_owner is not None else torch.zeros(h, w, dtype=torch.int32)
+            owner = torch.zeros_like(best, dtype=torch.int32) if block_owner is None else block_owner
             continue
         # Strictly greater: on ties the earlier (higher-scored) query keeps the pixel, as argmax does.
         wins = block_best > best
@@ -305,7 +305,7 @@ def semantic_inference(
         )  # (H0, W0)
         if start == 0:
             best = block_best
-            zeros = torch.zeros(best.shape, dtype=torch.int32)
+            zeros = torch.zeros_like(best, dtype=torch.int32)
             position = zeros if block_position is None else block_position
             continue
         wins = block_best > best
@@ -315,7 +315,7 @@ def semantic_inference(
         else:
             torch.where(wins, block_position, position, out=position)
         del wins, block_best, block_position
-    labels = classes.to(torch.int32)[position]
+    labels = classes.to(device=position.device, dtype=torch.int32)[position]
     return SemanticResult(labels=labels, scores=best)
 
 
