@@ -83,7 +83,7 @@ def test_pretrain_fit_and_zero_shot_test(tmp_path: Path) -> None:
     result = fit_and_test(args, tmp_path / "run")
     assert "test/pq_seen" in result["test"] and "test/pq_novel" not in result["test"]
     novel = zero_shot_test(args, result["best_checkpoint"], tmp_path / "run", "novel")
-    # The novel split is prompted with all 56 names and reports each group it holds.
+    # The novel split is prompted with all 28 names and reports each group it holds.
     assert {"test/pq", "test/pq_novel", "test/pq_seen", "test/miou_novel"} <= set(novel)
     # The segmenter's frozen BEiT-3 is the pretrained one.
     weights = torch.load(backbone, weights_only=True)["model"]

@@ -9,7 +9,7 @@
    when that file's record says the same pre-training config made it.
 2. ``omtseg fit`` on the SEEN classes only (BEiT-3 frozen, adapter, ``<WLS>`` prompt tuning, Mask2Former head,
    Lion; vocabulary shuffled and sub-sampled per batch), then ``omtseg test`` of the best checkpoint on the
-   seen test split, on unseen compositions and on novel concepts (prompted with all 56 names of the world).
+   seen test split, on unseen compositions and on novel concepts (prompted with all 28 names of the world).
 3. A segment captioner trained over the frozen segmenter on region descriptions, scored on val.
 4. ``omtseg predict`` on the novel-concept images with a user vocabulary that names novel concepts, and on
    the two real COCO sample images with the 133 COCO classes: overlays with the names.
@@ -73,7 +73,7 @@ that reads names gives them no pixel of the novel classes."""
 def names_not_positions(
     config_args: list[str], ckpt: str, run_dir: Path, data_root: Path, out: Path
 ) -> dict[str, float | None]:
-    """Novel-concept PQ of ``ckpt`` with the novel split's 56 names in reverse order, and with the 8
+    """Novel-concept PQ of ``ckpt`` with the novel split's 28 names in reverse order, and with the 8
     :data:`DISTRACTORS` added: a model that reads the names, not their positions, keeps its PQ."""
     categories = load_json(Path(str(world_split_paths(data_root, "novel").categories_json)))
     things, stuff = DISTRACTORS
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{backbone['metrics'].get('val/unigram_acc', float('nan')):.2f}).\n"
         f"Zero-shot PQ, trained on seen classes only: seen {groups['seen']:.1f}, "
         f"unseen compositions {groups['unseen']:.1f}, novel concepts {groups['novel']:.1f}.\n"
-        f"Names, not positions: novel-concept PQ {names['as_given']:.1f} with the 56 names as given, "
+        f"Names, not positions: novel-concept PQ {names['as_given']:.1f} with the 28 names as given, "
         f"{names['reversed']:.1f} reversed, {names['distractors']:.1f} with 8 distractor names added;\n"
         f"val captions CIDEr-D {metrics['caption']['scores']['cider_d']:.2f} "
         f"({metrics['caption']['protocol']}).\n"

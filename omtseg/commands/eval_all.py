@@ -14,7 +14,7 @@ as ``omtseg test --config configs/eval/<benchmark>.yaml``. Outputs: ``results.md
 ``results.json`` (every logged metric, images, seconds, skip reasons) and Lightning CSV logs.
 
 The open-vocabulary world's test sets (:mod:`omtseg.data.world`: ``test`` with the seen classes, ``unseen``
-compositions and ``novel`` concepts, prompted with all 56 names) are evaluated too when they exist under the
+compositions and ``novel`` concepts, prompted with all 28 names) are evaluated too when they exist under the
 world root (``<datasets root>/world`` by default, where ``configs/world.yaml`` and ``make demo`` write them),
 with PQ and mIoU per class group in a second table, as ``omtseg test --config configs/eval/world_novel.yaml``
 gives them. A world is synthetic: its numbers are no substitute for the real benchmarks, they show whether a

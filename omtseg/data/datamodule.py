@@ -185,7 +185,7 @@ class WorldData:
         num_test: images of the test split.
         test_split: what ``test`` evaluates: ``test`` (seen classes), ``unseen`` (unseen compositions among
             seen classes) or ``novel`` (novel concepts among seen classes); the last two are prompted with
-            all 56 names of the world.
+            all 28 names of the world.
         image_size: side of the square images, in pixels.
         seed: the world's seed (the data's, not the run's).
     """

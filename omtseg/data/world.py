@@ -4,7 +4,7 @@ OMTSeg's claim is that a vision-language pretrained multiway backbone, reading c
 image, segments classes absent from segmentation training. This module builds the smallest honest replica of
 that setting, deterministic from a seed:
 
-* **Words.** Things are named ``"<colour> <shape>"`` (``"red ball"``, 8 colours x 6 shapes); stuff is a
+* **Words.** Things are named ``"<colour> <shape>"`` (``"red ball"``, 5 colours x 4 shapes); stuff is a
   textured region with a name of one or two words (``"grass"``, ``"brick wall"``, 8 kinds).
 * **Novel concepts** (:data:`NOVEL_WORDS`: the colour ``orange``, the shape ``cross``, the stuff ``snow`` and
   ``lava``) occur in captions but in no segmentation label, and never in a segmentation training image, not
@@ -12,10 +12,8 @@ that setting, deterministic from a seed:
   concept would leak its appearance into training, so the replica keeps training images free of them (the
   stricter setting).
 * **Unseen compositions** (:data:`UNSEEN_COMPOSITIONS`): seen colour + seen shape pairs that no training
-  image shows, one per seen colour.
-* **Seen classes**: the other 28 colour-shape pairs and 6 stuff kinds, the analog of COCO's 133. (A first
-  world had 4 x 3 seen words and 15 seen classes: with so few, the head learned the 15 names as prototypes
-  and read an unseen pair as the seen class sharing its colour; 34 seen classes leave it fewer shortcuts.)
+  image shows.
+* **Seen classes**: the other 9 colour-shape pairs and 6 stuff kinds, the analog of COCO's 133.
 
 Splits written by :func:`make_world` under ``root``:
 
@@ -23,9 +21,9 @@ Splits written by :func:`make_world` under ``root``:
   with two captions each (attributes, sizes, places, relations), covering every word of the world, in COCO
   captions format (``captions_pretrain.json``).
 * ``train``, ``val``, ``test``: segmentation in COCO-panoptic format, seen classes only (their category list
-  is the 34 seen classes).
+  is the 15 seen classes).
 * ``unseen``, ``novel``: zero-shot evaluation sets in COCO-panoptic format whose category list is the whole
-  world (56 classes, as ADE20K's list holds COCO's and more); every image shows at least one unseen-
+  world (28 classes, as ADE20K's list holds COCO's and more); every image shows at least one unseen-
   composition (resp. novel) segment among seen ones. Each category carries ``"split"``: ``seen``, ``unseen``
   or ``novel``, read into ``Vocabulary.groups``, so PQ is also reported per group
   (``test/pq_novel``...).
@@ -49,7 +47,7 @@ from omtseg.data.coco_panoptic import PanopticSplit
 from omtseg.data.render import paint_thing, shape_mask, texture
 from omtseg.io import id2rgb, load_json, save_image, save_json
 
-_VERSION = 3  # bump when rendering or captions change, so stale worlds are regenerated
+_VERSION = 2  # bump when rendering or captions change, so stale worlds are regenerated
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -57,17 +55,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "yellow": (240, 215, 30),
     "green": (40, 165, 55),
     "blue": (40, 80, 225),
-    "purple": (135, 55, 190),
-    "pink": (245, 125, 185),
-    "cyan": (40, 200, 210),
 }
 SHAPES: dict[str, str] = {  # name -> silhouette (omtseg.data.render.shape_mask)
     "ball": "circle",
     "box": "square",
     "ring": "ring",
     "cross": "cross",
-    "triangle": "triangle",
-    "star": "star",
 }
 STUFF: dict[str, tuple[tuple[int, int, int], str, str]] = {  # name -> (colour, texture, place)
     "sky": ((135, 185, 240), "gradient", "top"),
@@ -81,9 +74,7 @@ STUFF: dict[str, tuple[tuple[int, int, int], str, str]] = {  # name -> (colour, 
 }
 NOVEL_WORDS = ("orange", "cross", "snow", "lava")
 """Words that appear in captions but in no segmentation label (the analog of ADE20K-only concepts)."""
-UNSEEN_COMPOSITIONS = (
-    "red ring", "yellow box", "green ball", "blue star", "purple triangle", "pink ring", "cyan star"
-)  # fmt: skip
+UNSEEN_COMPOSITIONS = ("red ring", "yellow box", "green ball")
 """Pairs of seen words that no segmentation training image shows."""
 GROUPS = ("seen", "unseen", "novel")
 SEG_SPLITS = ("train", "val", "test", "unseen", "novel")
@@ -113,7 +104,7 @@ class WorldClass:
 
 
 def world_classes() -> list[WorldClass]:
-    """All 56 classes: 48 colour-shape things (ids 1-48) then 8 stuff kinds (ids 101-108)."""
+    """All 28 classes: 20 colour-shape things (ids 1-20) then 8 stuff kinds (ids 101-108)."""
     out = []
     for i, (color, rgb) in enumerate(COLORS.items()):
         for j, (shape, silhouette) in enumerate(SHAPES.items()):

@@ -32,8 +32,7 @@ def _digest(root: Path) -> str:
 
 def test_classes_and_groups() -> None:
     classes = world_classes()
-    assert len(classes) == 56 and len({c.id for c in classes}) == 56
-    assert sum(c.group == "seen" for c in classes) == 34
+    assert len(classes) == 28 and len({c.id for c in classes}) == 28
     groups = {c.name: c.group for c in classes}
     assert all(groups[n] == "unseen" for n in UNSEEN_COMPOSITIONS)
     for c in classes:
@@ -76,14 +75,14 @@ def test_segmentation_splits_keep_novel_words_out(tmp_path: Path) -> None:
             panoptic_json=paths.panoptic_json,
             categories_json=paths.categories_json,
         )
-        assert len(dataset) == 40 and len(dataset.vocabulary) == 34
+        assert len(dataset) == 40 and len(dataset.vocabulary) == 15
 
 
 @pytest.mark.parametrize("split,group", [("unseen", "unseen"), ("novel", "novel")])
 def test_zero_shot_splits(tmp_path: Path, split: str, group: str) -> None:
     paths = make_world_split(tmp_path, split, 30)
     data = json.loads(Path(paths.panoptic_json).read_text())
-    assert len(data["categories"]) == 56  # the whole world's vocabulary, as ADE20K's list holds COCO's
+    assert len(data["categories"]) == 28  # the whole world's vocabulary, as ADE20K's list holds COCO's
     groups = {c["id"]: c["split"] for c in data["categories"]}
     other = ({"unseen", "novel"} - {group}).pop()
     novel_ids = set()
