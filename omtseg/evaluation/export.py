@@ -91,7 +91,7 @@ def panoptic_annotation(
         ValueError: a segment listed but absent from the id map, an id in the map with no segment, or a
             label outside the vocabulary.
     """
-    id_map = result.id_map.detach().cpu().numpy().astype(np.int64)
+    id_map = result.id_map.detach().cpu().numpy()  # the predictions' int32: no int64 copy of a large map
     ids = [s.id for s in result.segments]
     present = set(np.unique(id_map).tolist()) - {0}
     if present != set(ids) or len(ids) != len(set(ids)):
