@@ -2,7 +2,7 @@
 
 :class:`OnnxSegmenter` reads the file's metadata (:mod:`omtseg.deploy.export`), turns each vocabulary into the
 graph's text inputs (:func:`~omtseg.deploy.graph.graph_text_inputs`, cached), pads a batch to the graph's
-fixed image size and hands the raw outputs to :func:`omtseg.modeling.postprocess.image_result`, so results
+fixed image size and hands the raw outputs to :func:`omtseg.modeling.postprocess.batch_results`, so results
 are those of :meth:`OMTSeg.predict <omtseg.modeling.segmenter.OMTSeg.predict>` for the same padded input.
 :meth:`omtseg.Segmenter.from_onnx` wraps it in the Python API.
 """
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from omtseg.deploy.export import DYNAMIC_SIZE_UNSUPPORTED, METADATA_PREFIX, vocabulary_json
 from omtseg.deploy.graph import OUTPUTS, graph_text_inputs
-from omtseg.modeling.postprocess import TASKS, image_result
+from omtseg.modeling.postprocess import TASKS, batch_results
 from omtseg.types import Batch, ImageResult, Vocabulary
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -152,19 +152,16 @@ class OnnxSegmenter:
         """
         raw = self.run(batch.images.cpu().numpy(), batch.vocabulary)
         out = {k: torch.from_numpy(v) for k, v in raw.items()}
-        results = [
-            image_result(
-                out["class_logits"][i],
-                out["objectness_logits"][i],
-                out["mask_logits"][i],
-                info=info,
-                canvas_hw=self.image_hw,
-                is_thing=batch.vocabulary.is_thing,
-                tasks=tasks,
-                object_threshold=self.object_threshold if object_threshold is None else object_threshold,
-                overlap_threshold=self.overlap_threshold if overlap_threshold is None else overlap_threshold,
-                top_k=self.instance_top_k if top_k is None else top_k,
-            )
-            for i, info in enumerate(batch.infos)
-        ]
+        results = batch_results(
+            out["class_logits"],
+            out["objectness_logits"],
+            out["mask_logits"],
+            infos=batch.infos,
+            canvas_hw=self.image_hw,
+            is_thing=batch.vocabulary.is_thing,
+            tasks=tasks,
+            object_threshold=self.object_threshold if object_threshold is None else object_threshold,
+            overlap_threshold=self.overlap_threshold if overlap_threshold is None else overlap_threshold,
+            top_k=self.instance_top_k if top_k is None else top_k,
+        )
         return results, out["queries"], out["mask_logits"]

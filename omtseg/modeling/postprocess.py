@@ -17,6 +17,7 @@ per-pixel best class over blocks of classes. No (Q or K, H0, W0) float tensor is
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -390,6 +391,22 @@ def segment_query_ious(masks: OutputMasks, id_map: Tensor, segment_ids: Sequence
             inter[:, start + j] = torch.bincount(region[row], minlength=num + 1)[:num]
     union = region_area[:, None] + mask_area[None] - inter
     return inter / union.clamp(min=1)
+
+
+def batch_results(
+    class_logits: Tensor,
+    objectness_logits: Tensor,
+    mask_logits: Tensor,
+    *,
+    infos: Sequence[ImageInfo],
+    **kwargs: Any,
+) -> list[ImageResult]:
+    """:func:`image_result` of every image of a batch: logits (B, Q, K), (B, Q), (B, Q, h, w) and B infos;
+    ``kwargs`` are :func:`image_result`'s (``canvas_hw``, ``is_thing``, ``tasks``, thresholds, ``top_k``)."""
+    return [
+        image_result(class_logits[i], objectness_logits[i], mask_logits[i], info=info, **kwargs)
+        for i, info in enumerate(infos)
+    ]
 
 
 def image_result(

@@ -32,7 +32,7 @@ from omtseg.modeling.adapter import VisualAdapter
 from omtseg.modeling.backbone.beit3 import BEiT3, beit3_base, beit3_large, beit3_tiny, load_beit3_checkpoint
 from omtseg.modeling.frozen_trunk import SIZE_DIVISOR, encode_text
 from omtseg.modeling.pixel_decoder import MSDeformPixelDecoder
-from omtseg.modeling.postprocess import TASKS, image_result
+from omtseg.modeling.postprocess import TASKS, batch_results
 from omtseg.modeling.prompts import PromptChunk, PromptEncoder, prompt_attention_mask
 from omtseg.modeling.simple_pyramid import SimplePyramid
 from omtseg.modeling.transformer_decoder import OpenVocabDecoder
@@ -267,21 +267,18 @@ class OMTSeg(nn.Module):
         pred = self(batch.images, batch.vocabulary)
         h, w = batch.images.shape[-2:]
         canvas = (h + (-h % SIZE_DIVISOR), w + (-w % SIZE_DIVISOR))
-        return [
-            image_result(
-                pred.class_logits[i],
-                pred.objectness_logits[i],
-                pred.mask_logits[i],
-                info=info,
-                canvas_hw=canvas,
-                is_thing=batch.vocabulary.is_thing,
-                tasks=tasks,
-                object_threshold=self.object_threshold if object_threshold is None else object_threshold,
-                overlap_threshold=self.overlap_threshold if overlap_threshold is None else overlap_threshold,
-                top_k=self.instance_top_k if top_k is None else top_k,
-            )
-            for i, info in enumerate(batch.infos)
-        ]
+        return batch_results(
+            pred.class_logits,
+            pred.objectness_logits,
+            pred.mask_logits,
+            infos=batch.infos,
+            canvas_hw=canvas,
+            is_thing=batch.vocabulary.is_thing,
+            tasks=tasks,
+            object_threshold=self.object_threshold if object_threshold is None else object_threshold,
+            overlap_threshold=self.overlap_threshold if overlap_threshold is None else overlap_threshold,
+            top_k=self.instance_top_k if top_k is None else top_k,
+        )
 
     # ------------------------------------------------------------------------------------------------ text
 
