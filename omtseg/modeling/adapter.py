@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone.beit3 import BEiT3
+from .backbone.entry_attention import EntryLayout
 from .backbone.multiway import drop_path
 from .frozen_trunk import (
     STRIDES,
@@ -295,7 +296,7 @@ class VisualAdapter(nn.Module):
         text_embeds: Tensor | None = None,
         text_positions: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | EntryLayout | None = None,
     ) -> BackboneOutput:
         """Multi-scale features of the images and, with text, the text states.
 
@@ -305,7 +306,8 @@ class VisualAdapter(nn.Module):
             text_positions: (B, L) or (L,) long text positions, or None for ``0..L-1``.
             text_padding_mask: (B, L) bool, True at padding, or None.
             attn_mask: (B or 1, N, N) bool over the joint tokens (vision then text), True where token i may
-                attend to token j, or None (all); without ``cross_modal`` its text block masks the text pass.
+                attend to token j, its :class:`EntryLayout`, or None (all); without ``cross_modal`` its text
+                block masks the text pass.
 
         Returns:
             features ``f1..f4`` (B, C, H/s, W/s) and text (B, L, D) or None.

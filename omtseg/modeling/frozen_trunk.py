@@ -18,6 +18,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from .backbone.beit3 import BEiT3
+from .backbone.entry_attention import EntryLayout, text_block
 from .shapes import ShapeSpec
 
 PATCH_SIZE = 16
@@ -93,7 +94,7 @@ def encode_text(
     text_embeds: Tensor,
     text_positions: Tensor | None = None,
     text_padding_mask: Tensor | None = None,
-    attn_mask: Tensor | None = None,
+    attn_mask: Tensor | EntryLayout | None = None,
 ) -> Tensor:
     """Text-only BEiT-3 pass (the ``cross_modal=False`` ablation); the result depends on no image.
 
@@ -102,7 +103,8 @@ def encode_text(
         text_embeds: (B, L, D) or (L, D) token embeddings (prompt vectors already substituted).
         text_positions: (B, L) or (L,) long positions, or None for ``0..L-1``.
         text_padding_mask: (B, L) bool, True at padding, or None.
-        attn_mask: (B or 1, L, L) bool, True where text token i may attend to token j, or None (all).
+        attn_mask: (B or 1, L, L) bool, True where text token i may attend to token j, an
+            :class:`EntryLayout` with ``vision_len`` 0, or None (all).
 
     Returns:
         (B, L, D) final-normed text states (B = 1 for 2-D ``text_embeds``).
@@ -145,7 +147,7 @@ def text_states(
     text_embeds: Tensor | None,
     text_positions: Tensor | None,
     text_padding_mask: Tensor | None,
-    attn_mask: Tensor | None = None,
+    attn_mask: Tensor | EntryLayout | None = None,
 ) -> Tensor | None:
     """(B, L, D) text states: the joint pass's text tokens, or a separate pass when not cross-modal.
 
@@ -154,13 +156,13 @@ def text_states(
         x: (B, N, D) the trunk's output tokens of the image pass.
         vision_len: CLS + patch tokens at the front of ``x``.
         cross_modal, text_embeds, text_positions, text_padding_mask: as given to :func:`trunk_input`.
-        attn_mask: (B or 1, vision_len + L, vision_len + L) joint attention mask, or None; the separate text
-            pass keeps its text-to-text block.
+        attn_mask: (B or 1, vision_len + L, vision_len + L) joint attention mask, its :class:`EntryLayout`,
+            or None; the separate text pass keeps its text-to-text block.
     """
     if text_embeds is None:
         return None
     if cross_modal:
         return backbone.final_norm(x[:, vision_len:], 0)
-    text_mask = None if attn_mask is None else attn_mask[:, vision_len:, vision_len:]
+    text_mask = None if attn_mask is None else text_block(attn_mask, vision_len)
     text = encode_text(backbone, text_embeds, text_positions, text_padding_mask, text_mask)
     return text.expand(x.shape[0], -1, -1) if text.shape[0] == 1 else text

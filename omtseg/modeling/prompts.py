@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from omtseg.modeling.backbone.entry_attention import entry_mask
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, WLS_ID, Beit3Tokenizer
 from omtseg.types import Targets, Vocabulary
 
@@ -223,15 +224,10 @@ def prompt_attention_mask(vision_len: int, entry: Tensor, *, image_attends_text:
 
     Vision tokens attend to each other (and to every text token when ``image_attends_text``); a text token
     attends to the vision tokens and to the tokens of its own entry (``entry``: (L,) entry index per token).
+    The segmenter passes the same pattern as an :class:`~omtseg.modeling.backbone.entry_attention.EntryLayout`
+    (cost linear in L, no N x N mask); this dense form is the reference and what ONNX tracing records.
     """
-    n = vision_len + entry.numel()
-    allowed = torch.zeros(n, n, dtype=torch.bool, device=entry.device)
-    allowed[:vision_len, :vision_len] = True
-    allowed[vision_len:, :vision_len] = True
-    allowed[vision_len:, vision_len:] = entry[:, None] == entry[None, :]
-    if image_attends_text:
-        allowed[:vision_len, vision_len:] = True
-    return allowed[None]
+    return entry_mask(vision_len, entry, image_attends_text=image_attends_text)
 
 
 def sample_vocabulary(

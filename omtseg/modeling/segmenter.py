@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from omtseg.modeling.adapter import VisualAdapter
 from omtseg.modeling.backbone.beit3 import BEiT3, beit3_base, beit3_large, beit3_tiny, load_beit3_checkpoint
+from omtseg.modeling.backbone.entry_attention import EntryLayout
 from omtseg.modeling.frozen_trunk import SIZE_DIVISOR, encode_text
 from omtseg.modeling.pixel_decoder import MSDeformPixelDecoder
 from omtseg.modeling.postprocess import TASKS, batch_results
@@ -299,13 +300,15 @@ class OMTSeg(nn.Module):
         features: dict[str, Tensor] = {}
         wls = []
         for chunk in chunks:
-            mask = None
+            mask: Tensor | EntryLayout | None = None
             if self.text_attention != "sequential":
                 gh, gw = self.backbone.patch_grid((x.shape[-2], x.shape[-1]))
                 vision_len = 1 + gh * gw  # CLS + patches
-                mask = prompt_attention_mask(
-                    vision_len, chunk.entry, image_attends_text=self.text_attention == "per_name"
-                )
+                per_name = self.text_attention == "per_name"
+                if torch.jit.is_tracing():  # ONNX export: the layout's grouping would be traced as constants
+                    mask = prompt_attention_mask(vision_len, chunk.entry, image_attends_text=per_name)
+                else:
+                    mask = EntryLayout(vision_len, chunk.entry, image_attends_text=per_name)
             out = self.adapter(x, self._text_embeds(chunk), chunk.text_positions, attn_mask=mask)
             assert out.text is not None
             wls.append(out.text[:, chunk.wls_index])  # (B, P_c, D)
@@ -325,7 +328,7 @@ class OMTSeg(nn.Module):
         for c in chunks:
             mask = None
             if self.text_attention != "sequential":
-                mask = (c.entry[:, None] == c.entry[None, :])[None]  # each name reads itself only
+                mask = EntryLayout(0, c.entry, image_attends_text=False)  # each name reads itself only
             states = encode_text(self.backbone, self._text_embeds(c), c.text_positions, attn_mask=mask)
             wls.append(states[:, c.wls_index])
         text = torch.cat(wls, dim=1)  # (1, P, D)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .adapter import init_adapter_weights
 from .backbone.beit3 import BEiT3
+from .backbone.entry_attention import EntryLayout
 from .frozen_trunk import (
     STRIDES,
     Norm,
@@ -98,7 +99,7 @@ class SimplePyramid(nn.Module):
         text_embeds: Tensor | None = None,
         text_positions: Tensor | None = None,
         text_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | EntryLayout | None = None,
     ) -> BackboneOutput:
         """Multi-scale features ``f1..f4`` and, with text, the text states: the inputs and outputs of
         :meth:`omtseg.modeling.adapter.VisualAdapter.forward`, so either wrapper serves the segmenter."""

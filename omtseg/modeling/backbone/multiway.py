@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from omtseg.modeling.backbone.entry_attention import EntryLayout, entry_attention
+
 
 def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     """Stochastic depth: zero the residual branch of whole samples with probability p; rescale the rest."""
@@ -87,10 +89,11 @@ class MultiwayAttention(nn.Module):
         x: Tensor,
         vision_len: int,
         padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | EntryLayout | None = None,
     ) -> Tensor:
         """(B, N, D) -> (B, N, D); ``padding_mask`` (B, N) True marks keys to ignore; ``attn_mask``
-        (B or 1, N, N) bool, True where query i may attend to key j (see :func:`BEiT3.forward`)."""
+        (B or 1, N, N) bool, True where query i may attend to key j (see :func:`BEiT3.forward`), or an
+        :class:`EntryLayout` (the per-name pattern, computed without an N x N mask)."""
         b, n, d = x.shape
         if vision_len >= n:
             qkv = self._qkv(x, "A")
@@ -99,11 +102,17 @@ class MultiwayAttention(nn.Module):
         else:
             qkv = torch.cat([self._qkv(x[:, :vision_len], "A"), self._qkv(x[:, vision_len:], "B")], dim=1)
         q, k, v = qkv.view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # (B,h,N,d)
-        # SDPA's boolean mask keeps where True: (B, 1, 1, N) broadcast over heads and queries.
-        allowed = None if padding_mask is None else ~padding_mask[:, None, None, :]
-        if attn_mask is not None:
-            allowed = attn_mask[:, None] if allowed is None else allowed & attn_mask[:, None]  # (B, 1, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, N, d)
+        if isinstance(attn_mask, EntryLayout) and padding_mask is None:
+            assert attn_mask.vision_len == vision_len, (attn_mask.vision_len, vision_len)
+            out = entry_attention(q, k, v, attn_mask)  # (B, h, N, d)
+        else:
+            if isinstance(attn_mask, EntryLayout):
+                attn_mask = attn_mask.dense()  # with padded text (no caller yet): correct, not fast
+            # SDPA's boolean mask keeps where True: (B, 1, 1, N) broadcast over heads and queries.
+            allowed = None if padding_mask is None else ~padding_mask[:, None, None, :]
+            if attn_mask is not None:
+                allowed = attn_mask[:, None] if allowed is None else allowed & attn_mask[:, None]  # (B,1,N,N)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, h, N, d)
         out = out.transpose(1, 2).reshape(b, n, d)
         return self.out_proj(self.inner_attn_ln(out, vision_len), vision_len)
 
@@ -137,7 +146,7 @@ class MultiwayBlock(nn.Module):
         self.activation_checkpointing = activation_checkpointing
 
     def _forward(
-        self, x: Tensor, vision_len: int, padding_mask: Tensor | None, attn_mask: Tensor | None
+        self, x: Tensor, vision_len: int, padding_mask: Tensor | None, attn_mask: Tensor | EntryLayout | None
     ) -> Tensor:
         h = self.self_attn(self.self_attn_layer_norm(x, vision_len), vision_len, padding_mask, attn_mask)
         x = x + drop_path(h, self.drop_path_prob, self.training)
@@ -150,7 +159,7 @@ class MultiwayBlock(nn.Module):
         *,
         vision_len: int,
         padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | EntryLayout | None = None,
     ) -> Tensor:
         """(B, N, D) -> (B, N, D). Tokens ``[:vision_len]`` use the vision experts, the rest the text ones.
 
@@ -158,7 +167,8 @@ class MultiwayBlock(nn.Module):
             x: (B, N, D) token states, vision tokens first.
             vision_len: number of vision tokens (0 for text only, N for image only).
             padding_mask: (B, N) bool, True at padded tokens (they are never attended to), or None.
-            attn_mask: (B or 1, N, N) bool, True where token i may attend to token j, or None (all).
+            attn_mask: (B or 1, N, N) bool, True where token i may attend to token j, an
+                :class:`EntryLayout` of that pattern, or None (all).
         """
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             # Recompute the block in backward: activations of the frozen trunk dominate training memory.
