@@ -285,6 +285,7 @@ class Segmenter:
         object_threshold: float | None = None,
         overlap_threshold: float | None = None,
         top_k: int | None = None,
+        seen_class_penalty: float | None = None,
     ) -> SegmentationResult | list[SegmentationResult]:
         """Segment one image (-> a result) or a list (-> a list of results, batched).
 
@@ -298,6 +299,8 @@ class Segmenter:
             object_threshold: panoptic minimum query score (default: the checkpoint's).
             overlap_threshold: panoptic minimum visible share of a query's mask (default: the checkpoint's).
             top_k: instances kept per image (default: the checkpoint's).
+            seen_class_penalty: calibration: lowered logit of the classes the checkpoint was trained on, so
+                names it never learned can win (default: the model's, 0 unless set; ``omtseg calibrate``).
         """
         single = not isinstance(images, (list, tuple))
         items: list[Any] = [images] if single else list(cast(Sequence[Any], images))
@@ -315,6 +318,7 @@ class Segmenter:
                 object_threshold=object_threshold,
                 overlap_threshold=overlap_threshold,
                 top_k=top_k,
+                seen_class_penalty=seen_class_penalty,
             )
         return results[0] if single else results
 

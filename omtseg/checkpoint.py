@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 """Version of the omtseg entries in a segmenter ``.ckpt`` (``omtseg_format``)."""
 FORMAT_KEY = "omtseg_format"
 BACKBONE_KEY = "omtseg_backbone"
+TRAINED_NAMES_KEY = "omtseg_trained_names"  # the training classes' names, for seen_class_penalty
 CAPTIONER_FORMAT = 1
 """Version of a captioner checkpoint (``omtseg_captioner``)."""
 CAPTIONER_KEY = "omtseg_captioner"
@@ -149,6 +150,7 @@ INFERENCE_SETTINGS = frozenset(
         "object_threshold",
         "overlap_threshold",
         "instance_top_k",
+        "seen_class_penalty",
         "vocabulary_cache_size",
         "activation_checkpointing",
     }
@@ -333,6 +335,7 @@ def add_segmenter_entries(
         prefix: the segmenter's key prefix in ``state_dict``.
     """
     checkpoint[FORMAT_KEY] = FORMAT_VERSION
+    checkpoint[TRAINED_NAMES_KEY] = sorted(segmenter.trained_names)
     if backbone_source is None:
         return  # random-init backbone: its weights exist nowhere else, keep them
     checkpoint[BACKBONE_KEY] = dict(backbone_source)
@@ -366,6 +369,7 @@ def complete_segmenter_state(
     """
     if FORMAT_KEY not in checkpoint:
         raise ValueError(f"This checkpoint {_NOT_OMTSEG}")
+    segmenter.trained_names = frozenset(checkpoint.get(TRAINED_NAMES_KEY, ()))
     source = checkpoint.get(BACKBONE_KEY)
     if source is None:
         return None if loaded is None else dict(loaded)

@@ -49,6 +49,7 @@ COMMANDS: dict[str, str] = {
     "segment": "omtseg.commands.segment",
     "caption": "omtseg.commands.caption",
     "export": "omtseg.commands.export",
+    "calibrate": "omtseg.commands.calibrate",
     "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""

@@ -120,6 +120,7 @@ class OMTSegModule(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if batch.targets is None:
             raise ValueError("Training needs labelled batches; the train dataloader gives unlabelled images.")
+        self.model.note_trained(batch.vocabulary)  # the names calibration (seen_class_penalty) lowers
         vocabulary, targets = prompt_vocabulary(
             batch.vocabulary,
             batch.targets,

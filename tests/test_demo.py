@@ -37,8 +37,11 @@ def test_ablation_summary_and_table() -> None:
     assert summary["full"]["pq_seen"] == (52.0, pytest.approx(2.8284271))
     assert summary["full"]["pq_novel"] == (20.0, 0.0)  # one seed reported it
     lines = results_table(summary).splitlines()
-    assert lines[0] == "| variant | PQ seen | PQ unseen | PQ novel | mIoU seen | mIoU unseen | mIoU novel |"
-    assert lines[2] == "| full | 52.0 ± 2.8 | 32.0 ± 2.8 | 20.0 ± 0.0 | 61.0 ± 1.4 | - | - |"
+    assert lines[0] == (
+        "| variant | PQ seen | PQ unseen | PQ novel | mIoU seen | mIoU unseen | mIoU novel | penalty "
+        "| PQ unseen (cal.) | PQ novel (cal.) |"
+    )
+    assert lines[2] == "| full | 52.0 ± 2.8 | 32.0 ± 2.8 | 20.0 ± 0.0 | 61.0 ± 1.4 | - | - | - | - | - |"
     assert lines[3].startswith("| random backbone (baseline) | 10.0 ± 0.0 | - |")
 
 

@@ -7,14 +7,18 @@ the segmenter loads it frozen, and the zero-shot splits report PQ per class grou
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from omtseg.checkpoint import TRAINED_NAMES_KEY
+from omtseg.cli import run_command
 from omtseg.commands.pretrain import ensure_pretrained
 from omtseg.commands.runs import fit_and_test, zero_shot_test
+from omtseg.data.world import world_categories
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +89,23 @@ def test_pretrain_fit_and_zero_shot_test(tmp_path: Path) -> None:
     novel = zero_shot_test(args, result["best_checkpoint"], tmp_path / "run", "novel")
     # The novel split is prompted with all 28 names and reports each group it holds.
     assert {"test/pq", "test/pq_novel", "test/pq_seen", "test/miou_novel"} <= set(novel)
+    # The checkpoint records the training classes' names: the seen classes, no untrained one.
+    ckpt = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
+    seen = {c["name"] for c in world_categories(("seen",))}
+    assert set(ckpt[TRAINED_NAMES_KEY]) == seen
+    # `omtseg calibrate` picks a penalty from its grid on unseen_val; the tests apply it.
+    out = tmp_path / "calibration.json"
+    data_args = ["--data.init_args.root", str(data)]
+    world = str(REPO / "configs" / "world.yaml")
+    argv = ["calibrate", "--ckpt", result["best_checkpoint"], "--config", world, "--grid", "0", "2",
+            "--out", str(out), *data_args, "--data.init_args.world.num_test", "4"]  # fmt: skip
+    assert run_command(argv) == 0
+    chosen = json.loads(out.read_text())
+    assert chosen["best"] in (0.0, 2.0) and [r["penalty"] for r in chosen["rows"]] == [0.0, 2.0]
+    run_dir = tmp_path / "run"
+    calibrated = zero_shot_test(args, result["best_checkpoint"], run_dir, "novel", seen_class_penalty=2.0)
+    assert {"test/pq", "test/pq_novel", "test/pq_seen"} <= set(calibrated)
+    assert (tmp_path / "run" / "test_novel_calibrated").is_dir()
     # The segmenter's frozen BEiT-3 is the pretrained one.
     weights = torch.load(backbone, weights_only=True)["model"]
     assert torch.equal(result["segmenter"].backbone.text_embed.weight, weights["beit3.text_embed.weight"])

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from omtseg.checkpoint import check_checkpoint
 from omtseg.cli import build_cli
+from omtseg.evaluation.calibration import DEFAULT_GRID, CalibrationSweep, sweep_seen_penalty
+from omtseg.lit_module import OMTSegModule
 
 
 def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, float]]:
@@ -28,16 +32,25 @@ def learning_curve(metrics_csv: Path, key: str = "val/pq") -> list[dict[str, flo
 
 
 def zero_shot_test(
-    config_args: list[str], ckpt: str, run_dir: Path, split: str, categories_json: Path | None = None
+    config_args: list[str],
+    ckpt: str,
+    run_dir: Path,
+    split: str,
+    categories_json: Path | None = None,
+    seen_class_penalty: float = 0.0,
 ) -> dict[str, float]:
     """``omtseg test`` of ``ckpt`` on one split of the open-vocabulary world (``test``, ``unseen``,
     ``novel``); returns the ``test/*`` metrics (``test/pq_novel`` ... for the class groups).
 
     ``categories_json`` prompts the split with another category list (reordered, or with distractors); the
-    run's logs then go to ``test_<split>_<file stem>``.
+    run's logs then go to ``test_<split>_<file stem>``. A ``seen_class_penalty`` (see
+    :func:`calibrate`) is applied to the checkpoint's model; logs then go to ``..._calibrated``.
     """
     extra = [] if categories_json is None else ["--data.init_args.test_categories_json", str(categories_json)]
     name = f"test_{split}" if categories_json is None else f"test_{split}_{categories_json.stem}"
+    if seen_class_penalty:
+        extra += ["--model.model.init_args.seen_class_penalty", repr(float(seen_class_penalty))]
+        name += "_calibrated"
     tested = build_cli(
         [
             "test", *config_args, "--ckpt_path", ckpt,
@@ -82,3 +95,21 @@ def fit_and_test(config_args: list[str], run_dir: Path) -> dict[str, Any]:
     }
 
 
+
+
+def calibrate(
+    config_args: list[str], ckpt: str, split: str = "unseen_val", grid: Sequence[float] = DEFAULT_GRID
+) -> CalibrationSweep:
+    """Choose ``seen_class_penalty`` for ``ckpt`` on the world's ``split`` (labelled, with untrained
+    classes), data as ``config_args`` configure it (:func:`omtseg.evaluation.calibration.sweep_seen_penalty`).
+
+    Raises:
+        ValueError: the checkpoint records no training names, or the split no seen and unseen segments.
+    """
+    check_checkpoint(Path(ckpt), need_model_config=True)
+    model = OMTSegModule.load_from_checkpoint(ckpt, map_location="cpu").model
+    cli = build_cli([*config_args, "--data.init_args.world.test_split", split], run=False)
+    data = cli.datamodule
+    data.prepare_data()
+    data.setup("test")
+    return sweep_seen_penalty(model, data.test_dataloader(), grid)

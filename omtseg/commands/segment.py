@@ -191,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     parser.add_argument("--object-threshold", type=float, default=None, help="default: the checkpoint's")
     parser.add_argument("--overlap-threshold", type=float, default=None, help="default: the checkpoint's")
+    parser.add_argument(
+        "--seen-class-penalty", type=float, default=None,
+        help="calibration: lower the trained classes' logits by this (see `omtseg calibrate`; default: the "
+        "checkpoint's, 0 unless set)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -223,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet,
         object_threshold=args.object_threshold,
         overlap_threshold=args.overlap_threshold,
+        seen_class_penalty=args.seen_class_penalty,
     )
     done = len(files) - len(failed)
     print(f"Segmented {done} of {len(files)} files into {args.out}/ (panoptic.json, panoptic/, semantic/, "

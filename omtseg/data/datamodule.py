@@ -184,8 +184,8 @@ class WorldData:
         num_val: validation images (seen classes only).
         num_test: images of the test split.
         test_split: what ``test`` evaluates: ``test`` (seen classes), ``unseen`` (unseen compositions among
-            seen classes) or ``novel`` (novel concepts among seen classes); the last two are prompted with
-            all 28 names of the world.
+            seen classes), ``novel`` (novel concepts among seen classes) or ``unseen_val`` (other images
+            drawn as ``unseen``'s, for calibration); the last three are prompted with all 28 names.
         image_size: side of the square images, in pixels.
         seed: the world's seed (the data's, not the run's).
     """
@@ -193,7 +193,7 @@ class WorldData:
     num_train: int = 800
     num_val: int = 60
     num_test: int = 100
-    test_split: Literal["test", "unseen", "novel"] = "test"
+    test_split: Literal["test", "unseen", "novel", "unseen_val"] = "test"
     image_size: int = 64
     seed: int = 0
 

@@ -27,6 +27,10 @@ Splits written by :func:`make_world` under ``root``:
   composition (resp. novel) segment among seen ones. Each category carries ``"split"``: ``seen``, ``unseen``
   or ``novel``, read into ``Vocabulary.groups``, so PQ is also reported per group
   (``test/pq_novel``...).
+* ``unseen_val``: other images drawn as ``unseen``'s, for choosing inference settings that concern untrained
+  classes (the calibration of :func:`omtseg.evaluation.calibration.sweep_seen_penalty`) without looking at
+  the test images; it never holds a novel concept, so a setting chosen on it says nothing in advance about
+  novel concepts.
 
 The panoptic layout is :mod:`omtseg.data.synthetic`'s (``images/<split>/``, ``panoptic/<split>/``,
 ``panoptic_<split>.json``), read unchanged by :class:`~omtseg.data.coco_panoptic.CocoPanopticDataset`.
@@ -77,7 +81,8 @@ NOVEL_WORDS = ("orange", "cross", "snow", "lava")
 UNSEEN_COMPOSITIONS = ("red ring", "yellow box", "green ball")
 """Pairs of seen words that no segmentation training image shows."""
 GROUPS = ("seen", "unseen", "novel")
-SEG_SPLITS = ("train", "val", "test", "unseen", "novel")
+SEG_SPLITS = ("train", "val", "test", "unseen", "novel", "unseen_val")
+ZERO_SHOT_SPLITS = ("unseen", "novel", "unseen_val")  # category list: the whole world
 
 
 @dataclass(frozen=True)
@@ -328,7 +333,7 @@ def _pools(split: str) -> tuple[list[WorldClass], list[WorldClass], list[WorldCl
     if split in ("train", "val", "test"):
         allowed = [c for c in classes if c.group == "seen"]
         required: list[WorldClass] = []
-    elif split == "unseen":
+    elif split in ("unseen", "unseen_val"):
         allowed = [c for c in classes if c.group in ("seen", "unseen")]
         required = [c for c in classes if c.group == "unseen"]
     elif split == "novel":
@@ -382,7 +387,7 @@ def make_world_split(
     paths = world_split_paths(root, split)
     json_path = root / "captions_pretrain.json" if split == "pretrain" else Path(paths.panoptic_json)
     if split != "pretrain":
-        groups = GROUPS if split in ("unseen", "novel") else ("seen",)
+        groups = GROUPS if split in ZERO_SHOT_SPLITS else ("seen",)
         categories = world_categories(groups)
         categories_json = Path(str(paths.categories_json))
         if not categories_json.is_file() or load_json(categories_json) != categories:
@@ -408,7 +413,7 @@ def make_world_split(
             annotations.append({"image_id": i, "file_name": name, "segments_info": _segments(ids)})
     dataset: dict[str, Any] = {"info": info, "images": images, "annotations": annotations}
     if split != "pretrain":
-        dataset["categories"] = world_categories(GROUPS if split in ("unseen", "novel") else ("seen",))
+        dataset["categories"] = world_categories(GROUPS if split in ZERO_SHOT_SPLITS else ("seen",))
     save_json(dataset, json_path)
     return json_path if split == "pretrain" else paths
 
@@ -423,6 +428,7 @@ class WorldSizes:
     test: int = 100
     unseen: int = 100
     novel: int = 100
+    unseen_val: int = 60
 
 
 def make_world(

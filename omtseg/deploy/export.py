@@ -148,6 +148,8 @@ def export_onnx(
         "object_threshold": repr(model.object_threshold),
         "overlap_threshold": repr(model.overlap_threshold),
         "instance_top_k": str(model.instance_top_k),
+        "seen_class_penalty": repr(model.seen_class_penalty),
+        "trained_names": json.dumps(sorted(model.trained_names)),
         "vocabulary": vocabulary_json(vocabulary),
     }
     for key, value in metadata.items():

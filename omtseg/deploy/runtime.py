@@ -24,6 +24,7 @@ from torch import Tensor
 from omtseg.deploy.export import DYNAMIC_SIZE_UNSUPPORTED, METADATA_PREFIX, vocabulary_json
 from omtseg.deploy.graph import OUTPUTS, graph_text_inputs
 from omtseg.modeling.postprocess import TASKS, batch_results
+from omtseg.modeling.segmenter import seen_class_offsets
 from omtseg.types import Batch, ImageResult, Vocabulary
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -80,6 +81,8 @@ class OnnxSegmenter:
         self.object_threshold = float(meta["object_threshold"])
         self.overlap_threshold = float(meta["overlap_threshold"])
         self.instance_top_k = int(meta["instance_top_k"])
+        self.seen_class_penalty = float(meta.get("seen_class_penalty", "0.0"))  # older files: none
+        self.trained_names = frozenset(json.loads(meta.get("trained_names", "[]")))
         self.export_vocabulary = json.loads(meta["vocabulary"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._text: OrderedDict[Vocabulary, dict[str, np.ndarray]] = OrderedDict()
@@ -143,6 +146,7 @@ class OnnxSegmenter:
         object_threshold: float | None = None,
         overlap_threshold: float | None = None,
         top_k: int | None = None,
+        seen_class_penalty: float | None = None,
     ) -> tuple[list[ImageResult], Tensor, Tensor]:
         """Post-processed results at each image's original size, as :meth:`OMTSeg.predict` gives them.
 
@@ -152,8 +156,13 @@ class OnnxSegmenter:
         """
         raw = self.run(batch.images.cpu().numpy(), batch.vocabulary)
         out = {k: torch.from_numpy(v) for k, v in raw.items()}
+        class_logits = out["class_logits"]
+        penalty = self.seen_class_penalty if seen_class_penalty is None else seen_class_penalty
+        offsets = seen_class_offsets(batch.vocabulary, self.trained_names, penalty)
+        if offsets is not None:
+            class_logits = class_logits - offsets.to(class_logits)
         results = batch_results(
-            out["class_logits"],
+            class_logits,
             out["objectness_logits"],
             out["mask_logits"],
             infos=batch.infos,

@@ -21,7 +21,7 @@ swaps the adapter for a simple deconv/pool pyramid, ``prompt_tuning=False`` free
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 import torch
@@ -108,6 +108,11 @@ class OMTSeg(nn.Module):
         object_threshold: panoptic keeps queries with ``max_k p(k) * p(object)`` above this.
         overlap_threshold: panoptic drops queries whose visible share of their mask is below this.
         instance_top_k: instances kept per image.
+        seen_class_penalty: calibrated stacking (Chao et al., 2016) at inference: subtracted from the class
+            logit of every class whose name was a training class (:attr:`trained_names`, recorded while
+            training and kept in the checkpoint), so names the head never learned can win a query at all.
+            0 (the paper) leaves predictions unchanged; training never sees it. Choose it on validation
+            images holding untrained classes (:func:`omtseg.evaluation.calibration.sweep_seen_penalty`).
         vocabulary_cache_size: vocabularies whose tokenisation (and text features when not cross-modal)
             are kept; training samples a new vocabulary per batch, so the cache is bounded.
     """
@@ -138,6 +143,7 @@ class OMTSeg(nn.Module):
         object_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         instance_top_k: int = 100,
+        seen_class_penalty: float = 0.0,
         vocabulary_cache_size: int = 16,
     ) -> None:
         super().__init__()
@@ -186,6 +192,10 @@ class OMTSeg(nn.Module):
         self.object_threshold = object_threshold
         self.overlap_threshold = overlap_threshold
         self.instance_top_k = instance_top_k
+        if seen_class_penalty < 0:
+            raise ValueError(f"seen_class_penalty must be >= 0 (logit units), got {seen_class_penalty}.")
+        self.seen_class_penalty = seen_class_penalty
+        self.trained_names: frozenset[str] = frozenset()
         self.vocabulary_cache_size = vocabulary_cache_size
         self._chunk_cache: OrderedDict[Vocabulary, list[PromptChunk]] = OrderedDict()
         self._text_cache: OrderedDict[tuple[Vocabulary, str, int], Tensor] = OrderedDict()
@@ -246,6 +256,19 @@ class OMTSeg(nn.Module):
         prompt_class = torch.cat([c.prompt_class for c in chunks])
         return reduce_synonyms(pred, prompt_class, len(vocabulary))
 
+    def note_trained(self, vocabulary: Vocabulary) -> None:
+        """Record every name of ``vocabulary`` as a training class (see ``seen_class_penalty``)."""
+        names = {normalize_name(n) for synonyms in vocabulary.synonyms for n in synonyms}
+        if not names <= self.trained_names:
+            self.trained_names = self.trained_names | names
+
+    def class_penalty(self, vocabulary: Vocabulary, penalty: float | None = None) -> Tensor | None:
+        """(K,) what calibration subtracts from each class logit: ``penalty`` (default
+        ``seen_class_penalty``) where any of the class's names is a training class, else 0; None when
+        nothing is subtracted."""
+        penalty = self.seen_class_penalty if penalty is None else penalty
+        return seen_class_offsets(vocabulary, self.trained_names, penalty)
+
     @torch.no_grad()
     def predict(
         self,
@@ -255,6 +278,7 @@ class OMTSeg(nn.Module):
         object_threshold: float | None = None,
         overlap_threshold: float | None = None,
         top_k: int | None = None,
+        seen_class_penalty: float | None = None,
     ) -> list[ImageResult]:
         """Post-processed results at each image's original size (crop padding, resize, undo flips).
 
@@ -264,12 +288,17 @@ class OMTSeg(nn.Module):
             object_threshold: overrides the model's panoptic ``object_threshold``.
             overlap_threshold: overrides the model's ``overlap_threshold``.
             top_k: overrides the model's ``instance_top_k``.
+            seen_class_penalty: overrides the model's ``seen_class_penalty``.
         """
         pred = self(batch.images, batch.vocabulary)
         h, w = batch.images.shape[-2:]
         canvas = (h + (-h % SIZE_DIVISOR), w + (-w % SIZE_DIVISOR))
+        class_logits = pred.class_logits
+        penalty = self.class_penalty(batch.vocabulary, seen_class_penalty)
+        if penalty is not None:
+            class_logits = class_logits - penalty.to(class_logits)
         return batch_results(
-            pred.class_logits,
+            class_logits,
             pred.objectness_logits,
             pred.mask_logits,
             infos=batch.infos,
@@ -335,6 +364,23 @@ class OMTSeg(nn.Module):
         if not self.training and not torch.is_grad_enabled():
             _remember(self._text_cache, key, text, self.vocabulary_cache_size)
         return text
+
+
+def normalize_name(name: str) -> str:
+    """A class name as compared with the training names: lower case, single spaces."""
+    return " ".join(name.lower().split())
+
+
+def seen_class_offsets(
+    vocabulary: Vocabulary, trained_names: Collection[str], penalty: float
+) -> Tensor | None:
+    """(K,) float32: ``penalty`` for each class with a name among ``trained_names`` (normalised), else 0;
+    None when nothing would be subtracted (no penalty, or no training names known)."""
+    if penalty == 0 or not trained_names:
+        return None
+    trained = {normalize_name(n) for n in trained_names}
+    seen = [any(normalize_name(n) in trained for n in names) for names in vocabulary.synonyms]
+    return torch.tensor(seen, dtype=torch.float32) * penalty
 
 
 def _remember(cache: OrderedDict[Any, Any], key: Any, value: Any, size: int) -> None:
