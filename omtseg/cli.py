@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,11 @@ class OMTSegCLI(LightningCLI):
             # Printed below, once the checkpoint's config is merged: the printed config is the one that runs.
             self.config = parser.parse_args([a for a in argv if a not in printing])
         else:
-            super().parse_arguments(parser, args)
+            with warnings.catch_warnings():
+                # omtseg's own commands (demo, ablate, calibrate) build runs from Python while their own
+                # arguments are in sys.argv: the args given are the ones meant, the warning is noise.
+                warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+                super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         if subcommand and _checkpoint_file(config):
