@@ -48,6 +48,9 @@ def test_model_records_names_and_checkpoints_keep_them() -> None:
     assert other.trained_names == model.trained_names
     with pytest.raises(ValueError, match="seen_class_penalty"):
         tiny_model(seen_class_penalty=-1.0)
+    # A penalty on a model that knows no training names would change nothing, silently: refused.
+    with pytest.raises(ValueError, match="records none"):
+        tiny_model(seen_class_penalty=1.0).class_penalty(Vocabulary.from_names(["a"]))
 
 
 def _batch(vocab: Vocabulary):  # noqa: ANN202 - a Batch of two random images

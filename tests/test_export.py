@@ -142,3 +142,27 @@ def test_mistakes_are_one_clear_error(
         OnnxSegmenter(files["onnx"], device="tpu")
     with pytest.raises(ValueError, match="prompt chunks"):
         graph_text_inputs(class_list_vocabulary([f"class {i}" for i in range(200)], []), max_text_tokens=64)
+
+
+def test_calibration_travels_with_the_file(files: dict[str, Path], tmp_path: Path) -> None:
+    model = Segmenter.from_checkpoint(files["ckpt"], image_size=IMAGE_SIZE).model
+    vocabulary = class_list_vocabulary(["cat", "bird", "dog"], ["sky"])
+    model.trained_names = frozenset({"cat", "bird", "sky"})
+    model.seen_class_penalty = 1e4  # larger than any logit gap: only "dog" (index 2) can win a pixel
+    path = tmp_path / "calibrated.onnx"
+    export_onnx(model, path, vocabulary=vocabulary, image_hw=(IMAGE_SIZE, IMAGE_SIZE))
+    runtime = OnnxSegmenter(path, threads=1)
+    assert runtime.trained_names == model.trained_names and runtime.seen_class_penalty == 1e4
+    seg = Segmenter.from_onnx(path, image_size=IMAGE_SIZE)
+    image = make_images(tmp_path / "photos", count=1)[0]
+    got = seg(image, ["cat", "bird", "dog", "stuff: sky"])
+    assert set(np.unique(got.semantic).tolist()) == {2}
+    plain = seg(image, ["cat", "bird", "dog", "stuff: sky"], seen_class_penalty=0.0)
+    # The call's override reaches the runtime: without the penalty, the checkpoint's own labels.
+    torch_seg = Segmenter.from_checkpoint(files["ckpt"], image_size=IMAGE_SIZE)
+    want = torch_seg(image, ["cat", "bird", "dog", "stuff: sky"])
+    assert np.array_equal(plain.semantic, want.semantic)
+    assert set(np.unique(want.semantic).tolist()) != {2}  # so the penalised result is the penalty's doing
+    # An exported model that records no training names refuses a penalty instead of ignoring it.
+    with pytest.raises(ValueError, match="records none"):
+        Segmenter.from_onnx(files["onnx"], image_size=IMAGE_SIZE)(image, CLASSES, seen_class_penalty=1.0)

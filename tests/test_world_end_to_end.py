@@ -100,6 +100,9 @@ def test_pretrain_fit_and_zero_shot_test(tmp_path: Path) -> None:
     argv = ["calibrate", "--ckpt", result["best_checkpoint"], "--config", world, "--grid", "0", "2",
             "--out", str(out), *data_args, "--data.init_args.world.num_test", "4"]  # fmt: skip
     assert run_command(argv) == 0
+    # A recipe whose data has no seen/unseen groups is refused with the reason (exit 2), not a parser dump.
+    demo = str(REPO / "configs" / "demo.yaml")
+    assert run_command(["calibrate", "--ckpt", result["best_checkpoint"], "--config", demo]) == 2
     chosen = json.loads(out.read_text())
     assert chosen["best"] in (0.0, 2.0) and [r["penalty"] for r in chosen["rows"]] == [0.0, 2.0]
     run_dir = tmp_path / "run"

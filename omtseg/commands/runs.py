@@ -108,6 +108,12 @@ def calibrate(
     """
     check_checkpoint(Path(ckpt), need_model_config=True)
     model = OMTSegModule.load_from_checkpoint(ckpt, map_location="cpu").model
+    if getattr(build_cli(config_args, run=False).datamodule, "world", None) is None:
+        raise ValueError(
+            "Calibration needs labelled images whose classes are grouped seen/unseen: give a recipe whose "
+            "data is the open-vocabulary world (--config configs/world.yaml), or call "
+            "omtseg.evaluation.calibration.sweep_seen_penalty with such batches."
+        )
     cli = build_cli([*config_args, "--data.init_args.world.test_split", split], run=False)
     data = cli.datamodule
     data.prepare_data()

@@ -158,6 +158,12 @@ class OnnxSegmenter:
         out = {k: torch.from_numpy(v) for k, v in raw.items()}
         class_logits = out["class_logits"]
         penalty = self.seen_class_penalty if seen_class_penalty is None else seen_class_penalty
+        if penalty and not self.trained_names:
+            raise ValueError(
+                f"seen_class_penalty={penalty:g} lowers the classes the model was trained on, but "
+                f"{self.path} records none; export it again from a checkpoint that does (omtseg fit keeps "
+                "them)."
+            )
         offsets = seen_class_offsets(batch.vocabulary, self.trained_names, penalty)
         if offsets is not None:
             class_logits = class_logits - offsets.to(class_logits)

@@ -267,6 +267,12 @@ class OMTSeg(nn.Module):
         ``seen_class_penalty``) where any of the class's names is a training class, else 0; None when
         nothing is subtracted."""
         penalty = self.seen_class_penalty if penalty is None else penalty
+        if penalty and not self.trained_names:
+            raise ValueError(
+                f"seen_class_penalty={penalty:g} lowers the classes this model was trained on, but it "
+                "records none (a checkpoint written before omtseg kept them, or an untrained model): "
+                "retrain, or set model.trained_names = frozenset(<the training class names>) in Python."
+            )
         return seen_class_offsets(vocabulary, self.trained_names, penalty)
 
     @torch.no_grad()
