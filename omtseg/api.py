@@ -108,18 +108,21 @@ class SegmentationResult:
     @property
     def panoptic(self) -> np.ndarray:
         """(H, W) int32 segment ids (the ``id`` of :attr:`segments`), 0 where no segment."""
+        _computed(self.raw.panoptic, "panoptic")
         assert self.raw.panoptic is not None
         return self.raw.panoptic.id_map.cpu().numpy().astype(np.int32)
 
     @property
     def semantic(self) -> np.ndarray:
         """(H, W) int64 per-pixel class index into :attr:`vocabulary` (the best-scoring class)."""
+        _computed(self.raw.semantic, "semantic")
         assert self.raw.semantic is not None
         return self.raw.semantic.labels.cpu().numpy().astype(np.int64)
 
     @property
     def instances(self) -> list[dict[str, Any]]:
         """Thing instances, best first: ``{"category", "score", "mask" (H, W) bool}``."""
+        _computed(self.raw.instances, "instance")
         assert self.raw.instances is not None
         inst = self.raw.instances
         return [
@@ -162,6 +165,7 @@ class SegmentationResult:
     def to_coco(self) -> tuple[dict[str, Any], Image.Image]:
         """The COCO panoptic ``annotations`` record (``image_id``, ``file_name``, ``segments_info``) and its
         PNG (ids as R + 256 G + 256^2 B), as ``panoptic.json`` and ``panoptic/`` of ``omtseg predict``."""
+        _computed(self.raw.panoptic, "panoptic")
         assert self.raw.panoptic is not None
         record, png = panoptic_annotation(self.raw.info, self.raw.panoptic, self.vocabulary)
         return record, Image.fromarray(png)
@@ -286,6 +290,7 @@ class Segmenter:
         overlap_threshold: float | None = None,
         top_k: int | None = None,
         seen_class_penalty: float | None = None,
+        tasks: Sequence[str] = TASKS,
     ) -> SegmentationResult | list[SegmentationResult]:
         """Segment one image (-> a result) or a list (-> a list of results, batched).
 
@@ -301,6 +306,9 @@ class Segmenter:
             top_k: instances kept per image (default: the checkpoint's).
             seen_class_penalty: calibration: lowered logit of the classes the checkpoint was trained on, so
                 names it never learned can win (default: the model's, 0 unless set; ``omtseg calibrate``).
+            tasks: the results to compute, any of "panoptic" (segments, captions), "semantic", "instance"
+                (default: all). Instances are ``top_k`` masks at the image's full size (100 of them: 1.2 GB
+                for a 12-megapixel photo): leave "instance" out when only segments or labels are wanted.
         """
         single = not isinstance(images, (list, tuple))
         items: list[Any] = [images] if single else list(cast(Sequence[Any], images))
@@ -319,6 +327,7 @@ class Segmenter:
                 overlap_threshold=overlap_threshold,
                 top_k=top_k,
                 seen_class_penalty=seen_class_penalty,
+                tasks=tasks,
             )
         return results[0] if single else results
 
@@ -362,6 +371,13 @@ class Segmenter:
         batch = batch.to(self.device)
         if captions and self.captioner is None:
             raise ValueError("captions=True needs a captioner: from_checkpoint(..., captioner=...).")
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown or not tasks:
+            raise ValueError(f"tasks={list(tasks)}: choose any of {list(TASKS)}.")
+        if captions and "panoptic" not in tasks:
+            raise ValueError("captions=True describes panoptic segments: keep 'panoptic' in tasks.")
+        if "panoptic" not in tasks:
+            captions = False
         raw, passed = self._segmenter_pass(batch, tasks, **thresholds)
         if self.captioner is not None and captions is not False:
             caption_segments(passed, self.captioner, batch, max_new_tokens=self.caption_max_tokens)
@@ -511,6 +527,12 @@ class ExportedSegmenter(Segmenter):
     ) -> tuple[list[ImageResult], SegmenterPass]:
         raw, queries, mask_logits = self.runtime.predict(batch, tasks=tasks, **thresholds)
         return raw, SegmenterPass(multi_scale=[], queries=queries, mask_logits=mask_logits, results=raw)
+
+
+def _computed(value: object, task: str) -> None:
+    """Raise the fix when a result's ``task`` was left out of the call's ``tasks``."""
+    if value is None:
+        raise ValueError(f"No {task} result: this image was segmented without it; include {task!r} in tasks.")
 
 
 def _to_cpu(result: ImageResult) -> ImageResult:

@@ -112,6 +112,21 @@ def test_thresholds_are_keyword_arguments(seg: Segmenter, files: dict[str, Path]
     assert len(seg(files["img0"], classes=CLASSES, top_k=3).instances) == 3
 
 
+def test_tasks_left_out_are_not_computed(seg: Segmenter, files: dict[str, Path]) -> None:
+    full = seg(files["img0"], classes=CLASSES)
+    light = seg(files["img0"], classes=CLASSES, tasks=("panoptic",))
+    assert np.array_equal(light.panoptic, full.panoptic) and light.segments == full.segments
+    assert light.raw.instances is None and light.raw.semantic is None  # no full-size instance masks made
+    with pytest.raises(ValueError, match="include 'instance' in tasks"):
+        _ = light.instances
+    with pytest.raises(ValueError, match="include 'semantic' in tasks"):
+        _ = light.semantic
+    labels = seg(files["img0"], classes=CLASSES, tasks=("semantic",))
+    assert np.array_equal(labels.semantic, full.semantic) and labels.embeddings.shape == (0, 64)
+    with pytest.raises(ValueError, match="choose any of"):
+        seg(files["img0"], classes=CLASSES, tasks=("boxes",))
+
+
 def test_mistakes_are_clear(seg: Segmenter, files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="one entry per class"):
         seg(files["img0"], classes="cat, dog")  # type: ignore[arg-type]
