@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,6 @@ from omtseg.types import Vocabulary
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "model" / "omtseg_tiny.yaml"
 MODES = {"per_name": True, "one_way": False}  # mode -> image_attends_text
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_entry(num_entries: int, seed: int, *, sentinels: bool = False) -> Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,15 +33,6 @@ def tiny(**kw: Any) -> OMTSeg:
     torch.manual_seed(0)
     return OMTSeg(**args)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny ops on a shared 2-core machine: OpenMP threads spin-waiting on each other make these forward
-    # passes several times slower than a single thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,13 +22,6 @@ def vocab(names: list[str]) -> Vocabulary:
         [n.removeprefix("stuff: ") for n in names], is_thing=[not n.startswith("stuff:") for n in names]
     )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(**kw: Any) -> OMTSeg:
