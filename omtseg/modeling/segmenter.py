@@ -195,7 +195,8 @@ class OMTSeg(nn.Module):
         if seen_class_penalty < 0:
             raise ValueError(f"seen_class_penalty must be >= 0 (logit units), got {seen_class_penalty}.")
         self.seen_class_penalty = seen_class_penalty
-        self.trained_names: frozenset[str] = frozenset()
+        self._trained_names: frozenset[str] = frozenset()
+        self._noted: set[Vocabulary] = set()  # vocabularies already in trained_names
         self.vocabulary_cache_size = vocabulary_cache_size
         self._chunk_cache: OrderedDict[Vocabulary, list[PromptChunk]] = OrderedDict()
         self._text_cache: OrderedDict[tuple[Vocabulary, str, int], Tensor] = OrderedDict()
@@ -256,11 +257,24 @@ class OMTSeg(nn.Module):
         prompt_class = torch.cat([c.prompt_class for c in chunks])
         return reduce_synonyms(pred, prompt_class, len(vocabulary))
 
+    @property
+    def trained_names(self) -> frozenset[str]:
+        """Normalised names of the classes this model was trained on (kept in every checkpoint)."""
+        return self._trained_names
+
+    @trained_names.setter
+    def trained_names(self, names: frozenset[str]) -> None:
+        self._trained_names = frozenset(names)
+        self._noted = set()
+
     def note_trained(self, vocabulary: Vocabulary) -> None:
-        """Record every name of ``vocabulary`` as a training class (see ``seen_class_penalty``)."""
+        """Record every name of ``vocabulary`` as a training class (see ``seen_class_penalty``); called each
+        training step with the dataset's vocabulary, so a vocabulary already recorded costs one lookup."""
+        if vocabulary in self._noted:
+            return
         names = {normalize_name(n) for synonyms in vocabulary.synonyms for n in synonyms}
-        if not names <= self.trained_names:
-            self.trained_names = self.trained_names | names
+        self._trained_names = self._trained_names | names
+        self._noted.add(vocabulary)
 
     def class_penalty(self, vocabulary: Vocabulary, penalty: float | None = None) -> Tensor | None:
         """(K,) what calibration subtracts from each class logit: ``penalty`` (default
