@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import yaml
 from torch import Tensor
 
 from omtseg.modeling import segmenter as segmenter_module
+from omtseg.modeling.backbone import entry_attention as entry_module
 from omtseg.modeling.backbone.entry_attention import (
     EntryLayout,
     blocked_entry_attention,
+    entry_attention,
     flex_entry_attention,
     text_block,
 )
@@ -124,6 +127,29 @@ def test_flex_mask_and_eager_flex_match_the_dense_mask(mode: str, vision_len: in
     with torch.no_grad():
         out = flex_entry_attention(q, k, v, layout, compiled=False)  # eager flex on CPU: forward only
     assert torch.allclose(out, dense_sdpa(q, k, v, layout), atol=1e-5)
+
+
+def test_a_failing_flex_falls_back_to_blocked_sdpa_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where flex_attention cannot run (no triton, a compile error), one warning, then the exact SDPA path."""
+    calls = []
+
+    def broken_flex(*args: Any, **kw: Any) -> Tensor:
+        calls.append(1)
+        raise RuntimeError("Cannot find a working triton installation.\nmore details")
+
+    monkeypatch.setattr(entry_module, "_wants_flex", lambda q: True)  # as a CUDA tensor would
+    monkeypatch.setattr(entry_module, "flex_entry_attention", broken_flex)
+    monkeypatch.setattr(entry_module, "_flex_failure", None)
+    layout = EntryLayout(5, random_entry(6, 5), image_attends_text=True)
+    q, k, v = (t.detach() for t in qkv(layout.size))
+    with pytest.warns(RuntimeWarning, match="flex_attention failed .RuntimeError: Cannot find a working"):
+        out = entry_attention(q, k, v, layout)
+    assert torch.allclose(out, dense_sdpa(q, k, v, layout), atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second try, no second warning
+        out = entry_attention(q, k, v, layout)
+    assert torch.allclose(out, dense_sdpa(q, k, v, layout), atol=1e-5)
+    assert len(calls) == 1
 
 
 def tiny_segmenter(**kw: Any) -> OMTSeg:

@@ -19,12 +19,15 @@ ADE20K-847: 0.06 s vs 0.31 s per layer), since SDPA's fused kernel never writes 
 On CUDA it runs ``torch.nn.attention.flex_attention`` (compiled once, lazily) with a block mask built from the
 layout instead. That path is checked against the dense mask only in eager mode on CPU (forward only: eager
 flex has no CPU backward in torch 2.13); its speed and its backward on a GPU are untimed and untested here.
+Should it fail there (no triton, a compile error), :func:`entry_attention` warns once and takes the blocked
+SDPA path for the rest of the process: same result, never a crash.
 
 Shape letters: B batch, h heads, N tokens (V vision then L text), d head width, E entries.
 """
 
 from __future__ import annotations
 
+import warnings
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,12 +186,34 @@ def entry_attention(
     """
     if q.shape[-2] != layout.size:
         raise ValueError(f"{q.shape[-2]} tokens given for a layout of {layout.size} (V + L).")
-    if q.is_cuda:
-        return flex_entry_attention(q, k, v, layout)
+    if _wants_flex(q) and _flex_failure is None:
+        try:
+            return flex_entry_attention(q, k, v, layout)
+        except Exception as error:  # noqa: BLE001 - any compile/kernel failure: the exact SDPA path remains
+            _give_up_flex(error)
     return blocked_entry_attention(q, k, v, layout, block_tokens=block_tokens)
 
 
 _compiled_flex: Callable[..., Tensor] | None = None
+_flex_failure: str | None = None
+"""Why flex_attention failed in this process (then every call takes the blocked SDPA path), or None."""
+
+
+def _wants_flex(q: Tensor) -> bool:
+    """Whether ``q`` goes to flex_attention: CUDA tensors (flex's compiled kernels are Triton's)."""
+    return q.is_cuda
+
+
+def _give_up_flex(error: BaseException) -> None:
+    """Stop using flex_attention in this process, saying once why (the blocked path gives the same result)."""
+    global _flex_failure
+    _flex_failure = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    warnings.warn(
+        f"flex_attention failed ({_flex_failure}); per-name attention falls back to blocked SDPA "
+        "(same result, slower on GPU). Check that triton is installed for this torch build.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def flex_entry_attention(
