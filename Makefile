@@ -44,9 +44,9 @@ pretrain: $(STAMP) ## remake weights/beit3_tiny_world.pth: BEiT-3 masked data mo
 ablate: $(STAMP) ## full model, the three ablations and the random-backbone baseline, 3 seeds (outputs/ablate)
 	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate
 
-ablate-text: $(STAMP) ## the text attention modes sequential and one-way on the world, 3 seeds (outputs/ablate_text)
+ablate-text: $(STAMP) ## the text attention modes sequential and per-name on the world, 3 seeds (outputs/ablate_text)
 	$(BIN)/omtseg ablate --config $(ABLATE_CONFIG) --out outputs/ablate_text \
-		--variants "sequential text attention" "one-way text attention"
+		--variants "sequential text attention" "per-name text attention"
 
 bench: $(STAMP) ## performance suite (outputs/bench)
 	$(BIN)/python -m benchmarks.run --out outputs/bench

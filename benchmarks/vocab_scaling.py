@@ -8,9 +8,9 @@ and "large ..." variants), in each text-attention mode of :class:`~omtseg.modeli
 
 - ``sequential`` (the paper's prompt): names share one sequence with full attention; a vocabulary longer
   than ``max_text_tokens`` (1,022) is cut into chunks, each a full BEiT-3 pass with the image;
-- ``per_name`` (the tiny recipe's mode): each name has its own positions and reads itself and the image, in
+- ``per_name``: each name has its own positions and reads itself and the image, in
   one pass whatever K; the image reads every name;
-- ``one_way``: as ``per_name``, but the image does not read the names.
+- ``one_way`` (the tiny recipe's mode): as ``per_name``, but the image does not read the names.
 
 Two measurements, both on one thread:
 

@@ -105,12 +105,12 @@ def test_ablation_overlay_flips_only_its_switch(
     assert {k: v for k, v in ablated.items() if k != switch} == {k: v for k, v in base.items() if k != switch}
 
 
-@pytest.mark.parametrize("mode", ["sequential", "one_way"])
+@pytest.mark.parametrize("mode", ["sequential", "per_name"])
 def test_text_attention_overlays_change_only_the_mode(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
     base = _print_config(["--config", str(DEMO)], capsys)["model"]["model"]["init_args"]
     changed = _print_config(_args(CONFIGS / "ablation" / f"text_{mode}.yaml"), capsys)
     changed = changed["model"]["model"]["init_args"]
-    assert base["text_attention"] == "per_name" and changed["text_attention"] == mode
+    assert base["text_attention"] == "one_way" and changed["text_attention"] == mode
     assert {k: v for k, v in changed.items() if k != "text_attention"} == {
         k: v for k, v in base.items() if k != "text_attention"
     }

@@ -47,7 +47,7 @@ def test_file_is_checked_and_describes_itself(files: dict[str, Path]) -> None:
     outputs = ["class_logits", "objectness_logits", "mask_logits", "queries"]
     assert [o.name for o in model.graph.output] == outputs
     runtime = OnnxSegmenter(files["onnx"])
-    assert runtime.image_hw == (IMAGE_SIZE, IMAGE_SIZE) and runtime.text_attention == "per_name"
+    assert runtime.image_hw == (IMAGE_SIZE, IMAGE_SIZE) and runtime.text_attention == "one_way"
     assert (runtime.object_threshold, runtime.overlap_threshold) == (0.0, 0.0)  # the checkpoint's
 
 

@@ -38,13 +38,13 @@ VARIANTS: dict[str, str | None] = {
     "no prompt tuning": "no_prompt_tuning.yaml",
     "random backbone (baseline)": None,
     "sequential text attention": "text_sequential.yaml",
-    "one-way text attention": "text_one_way.yaml",
+    "per-name text attention": "text_per_name.yaml",
 }
 """Variant name -> overlay file in the ablation folder (None: the recipe as is)."""
 BASELINE = "random backbone (baseline)"
 PAPER_VARIANTS = list(VARIANTS)[:5]
 """What ``make ablate`` runs: the full model, the paper's three ablations and the random-backbone baseline;
-the text attention modes (``make ablate-text``) compare with the full model's ``per_name``."""
+the text attention modes (``make ablate-text``) compare with the full model's ``one_way``."""
 
 COLUMNS = (
     ("PQ seen", "pq_seen"),
