@@ -51,6 +51,7 @@ COMMANDS: dict[str, str] = {
     "caption": "omtseg.commands.caption",
     "export": "omtseg.commands.export",
     "calibrate": "omtseg.commands.calibrate",
+    "probe": "omtseg.commands.probe",
     "app": "omtseg.commands.app",
 }
 """``omtseg`` commands beside LightningCLI's: name -> module with ``main(argv) -> exit status``."""
