@@ -58,10 +58,13 @@ def test_probe_words_must_be_single_tokens(fresh_world: list[tuple[torch.Tensor,
         grounding_probe(_tiny_trunk(), fresh_world[:1], {"stuff": ["brick wall", "sky"]})
 
 
-def test_probe_command_writes_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "probe.json"
+def test_probe_command_writes_its_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the report goes to outputs/probe/<backbone stem>.json, not into weights/
+    out = tmp_path / "outputs" / "probe" / "beit3_tiny_world.json"
     args = ["probe", "--backbone", str(SHIPPED), "--config", str(PRETRAIN_CONFIG), "--images", "6",
-            "--out", str(out), "--data.init_args.root", str(tmp_path / "world"),
+            "--data.init_args.root", str(tmp_path / "world"),
             "--data.init_args.world.num_images", "30", "--data.init_args.val_images", "8"]  # fmt: skip
     with mock.patch.object(sys, "argv", ["omtseg"]), pytest.raises(SystemExit) as exit_info:
         main(args)

@@ -1,7 +1,7 @@
 """``omtseg probe``: does a pretrained BEiT-3 ground the world's words? A check of the trunk alone.
 
     omtseg probe --backbone weights/beit3_tiny_world.pth [--config configs/pretrain/world_tiny.yaml]
-                 [--images 150] [--out probe.json]
+                 [--images 150] [--out outputs/probe/<backbone>.json]
 
 Zero-shot segmentation of a novel concept needs two things of the frozen trunk: that it reads the concept
 from pixels, and that a name's text feature lands where that reading lands. This probe measures both at once,
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/pretrain/world_tiny.yaml"),
                         help="the pre-training config: the trunk's shape and the corpus")  # fmt: skip
     parser.add_argument("--images", type=int, default=150, help="held-out images to read (all captions)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON to write (default: beside --backbone)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON (outputs/probe/<backbone>.json)")
     args, rest = parser.parse_known_args(argv)
     if not args.backbone.is_file():
         raise FileNotFoundError(f"BEiT-3 weights not found: {args.backbone}. Give a `omtseg pretrain` .pth.")
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_beit3_checkpoint(backbone, args.backbone)
     samples, images = _held_out_samples(cli.datamodule, args.images)
     result = grounding_probe(backbone, samples, world_word_kinds())
-    out = args.out or args.backbone.with_name(args.backbone.stem + "_probe.json")
+    out = args.out or Path("outputs") / "probe" / f"{args.backbone.stem}.json"
     report = {"backbone": str(args.backbone), "images": images, "captions": len(samples),
               "kinds": result.as_dict()}  # fmt: skip
     save_json(report, out, indent=1)
