@@ -36,11 +36,10 @@ from torch import Tensor
 
 from omtseg.data.world import COLORS, SHAPES, STUFF
 from omtseg.io import save_json
+from omtseg.lit_pretrain import PIXEL_MEAN, PIXEL_STD
 from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint
+from omtseg.modeling.prompts import ENTRY_SEPARATOR
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, Beit3Tokenizer
-
-PIXEL_MEAN = PIXEL_STD = 127.5  # BEiT-3's normalisation, as in pre-training (omtseg.lit_pretrain)
-SEPARATOR = ";"  # the prompt entries' separator (omtseg.modeling.prompts.ENTRY_SEPARATOR)
 
 
 def world_word_kinds() -> dict[str, list[str]]:
@@ -103,7 +102,7 @@ def grounding_probe(
             token[w] = ids[0]
     kind_of = {w: kind for kind, words in kinds.items() for w in words}
     word_of = {i: w for w, i in token.items()}
-    separator = tokenizer.encode(SEPARATOR)[-1]
+    separator = tokenizer.encode(ENTRY_SEPARATOR)[-1]
     text = {w: _text_feature(backbone, token[w], separator) for w in token}
     centre = {kind: torch.stack([text[w] for w in words]).mean(0) for kind, words in kinds.items()}
     table = {kind: F.normalize(torch.stack([text[w] for w in words]) - centre[kind], dim=-1)
