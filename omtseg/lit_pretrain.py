@@ -48,6 +48,8 @@ class BEiT3PretrainModule(L.LightningModule):
         replace_ratio: share of the chosen tokens replaced by a random word of the corpus (BERT: 0.1).
         patch_mask_ratio: share of patches masked (BEiT-3: 0.4).
         mim_weight: weight of the masked-image loss beside the masked-language loss.
+        itc_weight: weight of VLMo's image-text contrastive loss
+            (:func:`~omtseg.modeling.pretraining.image_text_contrastive`); 0, BEiT-3's objective, skips it.
         max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
     """
 
@@ -62,6 +64,7 @@ class BEiT3PretrainModule(L.LightningModule):
         replace_ratio: float = 0.0,
         patch_mask_ratio: float = 0.4,
         mim_weight: float = 1.0,
+        itc_weight: float = 0.0,
         max_text_tokens: int = 64,
     ) -> None:
         super().__init__()
@@ -78,6 +81,9 @@ class BEiT3PretrainModule(L.LightningModule):
         self.replace_ratio = replace_ratio
         self.patch_mask_ratio = patch_mask_ratio
         self.mim_weight = mim_weight
+        if itc_weight < 0:
+            raise ValueError(f"itc_weight={itc_weight} must be >= 0 (0 leaves the contrastive loss out).")
+        self.itc_weight = itc_weight
         self.max_text_tokens = max_text_tokens
         self.tokenizer = Beit3Tokenizer()
         self._ids: dict[str, list[int]] = {}
@@ -132,7 +138,9 @@ class BEiT3PretrainModule(L.LightningModule):
             replacement_ids=words,
             generator=generator,
         )
-        return self.model(images, ids, padding, text_mask, patch_mask, input_ids=input_ids)
+        return self.model(
+            images, ids, padding, text_mask, patch_mask, input_ids=input_ids, contrastive=self.itc_weight > 0
+        )
 
     # --------------------------------------------------------------------------------------------- steps
 
@@ -141,6 +149,9 @@ class BEiT3PretrainModule(L.LightningModule):
         self.train_token_counts += torch.bincount(out.mlm_targets, minlength=self.train_token_counts.numel())
         loss = out.mlm + self.mim_weight * out.mim
         n = len(batch.captions)
+        if out.itc is not None:
+            loss = loss + self.itc_weight * out.itc
+            self.log("train/itc_loss", out.itc, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/mlm_loss", out.mlm, batch_size=n)
         self.log("train/mim_loss", out.mim, batch_size=n)
@@ -158,6 +169,8 @@ class BEiT3PretrainModule(L.LightningModule):
         n = len(batch.captions)
         self.log("val/mlm_loss", out.mlm, batch_size=n)
         self.log("val/mim_loss", out.mim, batch_size=n)
+        if out.itc is not None:
+            self.log("val/itc_loss", out.itc, batch_size=n)
 
     def on_validation_epoch_end(self) -> None:
         correct, unigram, total = (int(v) for v in self._val)
