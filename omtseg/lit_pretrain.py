@@ -4,9 +4,10 @@ It tokenises the captions with the BEiT-3 tokenizer, draws the text and patch ma
 ``train/mlm_loss``, ``train/mim_loss``, ``train/mlm_acc`` and, on held-out pairs, ``val/mlm_acc`` beside
 ``val/unigram_acc``: the accuracy of always answering the training corpus's most frequent masked token, the
 bar a model that does not read the image or the context cannot pass. Validation masks are drawn from a fixed
-seed, so every validation scores the same positions. :meth:`export` writes the encoder in the official
-unilm format (:func:`~omtseg.modeling.backbone.beit3.official_state_dict`), the file the segmentation
-configs load as ``backbone_weights``.
+seed, so every validation scores the same positions. With ``itc_weight > 0`` it also logs
+``train/itc_loss`` and ``val/itc_loss``, the image-text contrastive loss. :meth:`export` writes the
+encoder in the official unilm format (:func:`~omtseg.modeling.backbone.beit3.official_state_dict`), the
+file the segmentation configs load as ``backbone_weights``.
 """
 
 from __future__ import annotations
