@@ -51,6 +51,11 @@ def _choose(candidates: Tensor, ratio: float, generator: torch.Generator | None)
     return (rank < count) & candidates
 
 
+def word_positions(text_ids: Tensor, padding_mask: Tensor) -> Tensor:
+    """(B, L) bool: the caption's word tokens, i.e. neither ``<s>``, ``</s>`` nor padding."""
+    return ~padding_mask & (text_ids != BOS_ID) & (text_ids != EOS_ID)
+
+
 def mask_text(
     text_ids: Tensor, padding_mask: Tensor, ratio: float, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -58,7 +63,7 @@ def mask_text(
 
     ``<s>``, ``</s>`` and padding are never masked.
     """
-    candidates = ~padding_mask & (text_ids != BOS_ID) & (text_ids != EOS_ID)
+    candidates = word_positions(text_ids, padding_mask)
     if not bool(candidates.any(1).all()):
         raise ValueError("Every caption needs at least one token besides <s> and </s> to mask.")
     return _choose(candidates, ratio, generator)
@@ -121,7 +126,7 @@ def image_text_contrastive(
     """
     image = beit3(image=images)[:, 1:].mean(1)  # patches, not CLS
     states = beit3(text_ids=text_ids, text_padding_mask=padding_mask)
-    words = (~padding_mask & (text_ids != BOS_ID) & (text_ids != EOS_ID)).unsqueeze(-1).to(states.dtype)
+    words = word_positions(text_ids, padding_mask).unsqueeze(-1).to(states.dtype)
     text = (states * words).sum(1) / words.sum(1).clamp(min=1)
     logits = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T / temperature
     target = torch.arange(len(logits), device=logits.device)
