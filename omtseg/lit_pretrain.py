@@ -5,7 +5,8 @@ It tokenises the captions with the BEiT-3 tokenizer, draws the text and patch ma
 ``val/unigram_acc``: the accuracy of always answering the training corpus's most frequent masked token, the
 bar a model that does not read the image or the context cannot pass. Validation masks are drawn from a fixed
 seed, so every validation scores the same positions. With ``itc_weight > 0`` it also logs
-``train/itc_loss`` and ``val/itc_loss``, the image-text contrastive loss. :meth:`export` writes the
+``train/itc_loss`` and ``val/itc_loss``, the image-text contrastive loss; with ``itm_weight > 0``
+``train/itm_loss``, ``val/itm_loss`` and ``val/itm_acc``, image-text matching. :meth:`export` writes the
 encoder in the official unilm format (:func:`~omtseg.modeling.backbone.beit3.official_state_dict`), the
 file the segmentation configs load as ``backbone_weights``.
 """
@@ -51,6 +52,8 @@ class BEiT3PretrainModule(L.LightningModule):
         mim_weight: weight of the masked-image loss beside the masked-language loss.
         itc_weight: weight of VLMo's image-text contrastive loss
             (:func:`~omtseg.modeling.pretraining.image_text_contrastive`); 0, BEiT-3's objective, skips it.
+        itm_weight: weight of VLMo's image-text matching loss with hard negatives
+            (:func:`~omtseg.modeling.pretraining.image_text_matching`); 0 skips it.
         max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
     """
 
@@ -66,6 +69,7 @@ class BEiT3PretrainModule(L.LightningModule):
         patch_mask_ratio: float = 0.4,
         mim_weight: float = 1.0,
         itc_weight: float = 0.0,
+        itm_weight: float = 0.0,
         max_text_tokens: int = 64,
     ) -> None:
         super().__init__()
@@ -85,6 +89,11 @@ class BEiT3PretrainModule(L.LightningModule):
         if itc_weight < 0:
             raise ValueError(f"itc_weight={itc_weight} must be >= 0 (0 leaves the contrastive loss out).")
         self.itc_weight = itc_weight
+        if itm_weight < 0:
+            raise ValueError(f"itm_weight={itm_weight} must be >= 0 (0 leaves image-text matching out).")
+        self.itm_weight = itm_weight
+        if itm_weight > 0:
+            model.enable_matching()
         self.max_text_tokens = max_text_tokens
         self.tokenizer = Beit3Tokenizer()
         self._ids: dict[str, list[int]] = {}
@@ -92,7 +101,7 @@ class BEiT3PretrainModule(L.LightningModule):
         # Masked-token counts of training: the unigram baseline answers their argmax.
         self.train_token_counts: Tensor
         self.register_buffer("train_token_counts", torch.zeros(vocab, dtype=torch.long))
-        self._val = torch.zeros(3, dtype=torch.long)  # correct, unigram correct, total
+        self._val = torch.zeros(5, dtype=torch.long)  # correct, unigram correct, total; matching right, all
 
     # ------------------------------------------------------------------------------------------- batches
 
@@ -140,7 +149,15 @@ class BEiT3PretrainModule(L.LightningModule):
             generator=generator,
         )
         return self.model(
-            images, ids, padding, text_mask, patch_mask, input_ids=input_ids, contrastive=self.itc_weight > 0
+            images,
+            ids,
+            padding,
+            text_mask,
+            patch_mask,
+            input_ids=input_ids,
+            contrastive=self.itc_weight > 0,
+            matching=self.itm_weight > 0,
+            generator=generator,
         )
 
     # --------------------------------------------------------------------------------------------- steps
@@ -153,6 +170,9 @@ class BEiT3PretrainModule(L.LightningModule):
         if out.itc is not None:
             loss = loss + self.itc_weight * out.itc
             self.log("train/itc_loss", out.itc, batch_size=n)
+        if out.itm is not None:
+            loss = loss + self.itm_weight * out.itm
+            self.log("train/itm_loss", out.itm, batch_size=n)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/mlm_loss", out.mlm, batch_size=n)
         self.log("train/mim_loss", out.mim, batch_size=n)
@@ -166,15 +186,22 @@ class BEiT3PretrainModule(L.LightningModule):
     def validation_step(self, batch: CaptionBatch, batch_idx: int) -> None:
         out = self._losses(batch, self._val_generator)
         mode = int(self.train_token_counts.argmax())
-        self._val += torch.tensor([int(out.mlm_correct), int((out.mlm_targets == mode).sum()), out.mlm_total])
+        itm = [int(out.itm_correct), out.itm_total] if out.itm_correct is not None else [0, 0]
+        self._val += torch.tensor(
+            [int(out.mlm_correct), int((out.mlm_targets == mode).sum()), out.mlm_total, *itm]
+        )
         n = len(batch.captions)
         self.log("val/mlm_loss", out.mlm, batch_size=n)
         self.log("val/mim_loss", out.mim, batch_size=n)
         if out.itc is not None:
             self.log("val/itc_loss", out.itc, batch_size=n)
+        if out.itm is not None:
+            self.log("val/itm_loss", out.itm, batch_size=n)
 
     def on_validation_epoch_end(self) -> None:
-        correct, unigram, total = (int(v) for v in self._val)
+        correct, unigram, total, itm_correct, itm_total = (int(v) for v in self._val)
+        if itm_total:
+            self.log("val/itm_acc", itm_correct / itm_total)
         if total:
             self.log("val/mlm_acc", correct / total, prog_bar=True)
             self.log("val/unigram_acc", unigram / total)

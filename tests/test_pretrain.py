@@ -17,7 +17,9 @@ from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint, officia
 from omtseg.modeling.pretraining import (
     BEiT3Pretrainer,
     corrupt_text,
+    hard_negatives,
     image_text_contrastive,
+    image_text_matching,
     mask_patches,
     mask_text,
     patch_thumbnails,
@@ -109,6 +111,61 @@ def test_image_text_contrastive_is_symmetric_cross_entropy_of_pooled_unimodal_st
         BEiT3PretrainModule(model=BEiT3Pretrainer(backbone=beit3), itc_weight=-1.0)
 
 
+def test_hard_negatives_never_pick_the_positive_caption() -> None:
+    ids = torch.tensor([[BOS_ID, 7, EOS_ID], [BOS_ID, 8, EOS_ID], [BOS_ID, 7, EOS_ID], [BOS_ID, 9, EOS_ID]])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(30):  # rows 0 and 2 share a caption: neither is the other's negative
+        text, image = hard_negatives(None, ids, g)
+        for i, (t, m) in enumerate(zip(text.tolist(), image.tolist(), strict=True)):
+            assert not torch.equal(ids[t], ids[i]) and not torch.equal(ids[m], ids[i])
+    # The similarities choose: a pair far above the others is (almost) always the one drawn.
+    sim = torch.zeros(4, 4)
+    sim[0, 3] = sim[3, 1] = 50.0
+    text, image = hard_negatives(sim, ids, g)
+    assert text[0] == 3 and image[1] == 3  # caption 3 for image 0; image 3 for caption 1 (column 1)
+    same = torch.tensor([[BOS_ID, 7, EOS_ID]] * 3)
+    assert hard_negatives(None, same, g)[0].tolist() == [-1, -1, -1]  # nothing differs: no negative
+
+
+def test_image_text_matching_reads_each_pair_one_way() -> None:
+    torch.manual_seed(0)
+    beit3 = BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32, vocab_size=50).eval()
+    head = torch.nn.Linear(32, 2)
+    images = torch.randn(3, 3, 32, 32)
+    ids = torch.tensor(
+        [[BOS_ID, 7, 8, EOS_ID, PAD_ID], [BOS_ID, 9, EOS_ID, PAD_ID, PAD_ID], [BOS_ID, 4, 5, 6, EOS_ID]]
+    )
+    lengths = (4, 3, 5)
+    padding = ids == PAD_ID
+    sim = torch.full((3, 3), -50.0)
+    sim[0, 1] = sim[1, 2] = sim[2, 0] = 50.0  # image i's hard caption: i + 1; caption j's hard image: j - 1
+    loss, correct, total = image_text_matching(beit3, head, images, ids, padding, sim)
+    assert total == 9
+
+    def verdict(i: int, j: int) -> torch.Tensor:  # image i with caption j alone, unpadded, by hand
+        n, vision = lengths[j], 1 + 4
+        allowed = torch.ones(1, vision + n, vision + n, dtype=torch.bool)
+        allowed[:, :vision, vision:] = False  # the image does not read the caption
+        states = beit3(image=images[i : i + 1], text_ids=ids[j : j + 1, :n], attn_mask=allowed)
+        return head(states[0, vision + 1 : vision + n - 1].mean(0))
+
+    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0), (2, 0), (0, 1), (1, 2)]
+    logits = torch.stack([verdict(i, j) for i, j in pairs])
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, 0])
+    assert torch.allclose(loss, F.cross_entropy(logits, labels), atol=1e-5)
+    assert int(correct) == int((logits.argmax(-1) == labels).sum())
+    with pytest.raises(ValueError, match="itm_weight"):
+        BEiT3PretrainModule(model=BEiT3Pretrainer(backbone=beit3), itm_weight=-1.0)
+    module = BEiT3PretrainModule(model=BEiT3Pretrainer(backbone=beit3), itm_weight=1.0)
+    assert module.model.itm_head is not None  # made by the weight, exported beside the other heads
+    assert "itm_head.weight" in module.model.heads_state_dict()
+    assert "itm_head.weight" not in BEiT3Pretrainer(backbone=beit3).heads_state_dict()
+    with pytest.raises(ValueError, match="enable_matching"):
+        BEiT3Pretrainer(backbone=beit3)(
+            images, ids, padding, padding.clone(), torch.zeros(3, 4, dtype=torch.bool), matching=True
+        )
+
+
 def test_official_state_dict_loads_into_torchscale_and_back() -> None:
     cfg = dict(embed_dim=32, depth=2, num_heads=2, img_size=32, vocab_size=120)
     ours = randomize_(BEiT3(**cfg)).eval()
@@ -182,3 +239,4 @@ def test_short_pretraining_learns(tmp_path: Path) -> None:
     load_beit3_checkpoint(from_half, half)
     assert from_half.text_embed.weight.dtype == torch.float32
     assert torch.equal(from_half.text_embed.weight, module.model.beit3.text_embed.weight.half().float())
+

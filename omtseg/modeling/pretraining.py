@@ -19,6 +19,11 @@ pairs, two passes per step:
   its own caption and away from the batch's others (:func:`image_text_contrastive`). On the open-vocabulary
   world masked modeling alone leaves a novel word's text state on a seen neighbour ("orange" on "yellow");
   README "Limits" has what the contrast changes.
+* **Image-text matching** (optional, VLMo's too, ``itm_weight``): one joint pass decides whether a caption
+  describes an image, against hard negatives drawn by the contrastive similarities
+  (:func:`image_text_matching`). It is read as the segmenter reads class names (the caption attends to the
+  image, the image not to the caption), from the mean of the word states, so a word's state learns to say
+  whether the image shows it: the check a class name needs to win a query over a seen neighbour.
 
 Cost: a softmax over all 64010 text ids is 90% of a tiny model's step on a CPU, while a small corpus uses a
 few dozen ids. :meth:`BEiT3Pretrainer.restrict_output` limits the masked-language softmax to the ids that
@@ -105,17 +110,36 @@ def corrupt_text(
     return out
 
 
+def unimodal_embeddings(
+    beit3: BEiT3, images: Tensor, text_ids: Tensor, padding_mask: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(B, D) float32 L2-normalised embeddings of the image alone (mean of its patch states, vision expert)
+    and of the caption alone (mean of its word states, text expert; ``<s>``, ``</s>``, padding left out)."""
+    image = beit3(image=images)[:, 1:].mean(1)  # patches, not CLS
+    states = beit3(text_ids=text_ids, text_padding_mask=padding_mask)
+    words = word_positions(text_ids, padding_mask).unsqueeze(-1).to(states.dtype)
+    text = (states * words).sum(1) / words.sum(1).clamp(min=1)
+    return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+
+
+def contrastive_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
+    """Symmetric cross-entropy of the (B, B) cosine similarities of normalised embeddings over
+    ``temperature``: each image nearest its own caption within the batch, and each caption its image."""
+    logits = image @ text.T / temperature
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def image_text_contrastive(
     beit3: BEiT3, images: Tensor, text_ids: Tensor, padding_mask: Tensor, temperature: float = 0.07
 ) -> Tensor:
     """VLMo's image-text contrastive loss through the multiway encoder's two unimodal passes.
 
-    The image alone (vision expert) and the caption alone (text expert) are encoded; an image is the mean of
-    its patch states, a caption the mean of its word states (``<s>``, ``</s>`` and padding left out), both
-    L2-normalised; the symmetric cross-entropy of their (B, B) cosine similarities over ``temperature``
-    makes each image nearest its own caption within the batch. A caption naming an orange thing must then
-    sit nearest an image of one, so words are placed by what they look like, which is where a segmentation
-    head trained on other names can find a new one.
+    The image alone (vision expert) and the caption alone (text expert) are encoded
+    (:func:`unimodal_embeddings`) and :func:`contrastive_loss` makes each image nearest its own caption
+    within the batch. A caption naming an orange thing must then sit nearest an image of one, so words are
+    placed by what they look like, which is where a segmentation head trained on other names can find a
+    new one.
 
     Args:
         beit3: the encoder.
@@ -124,13 +148,74 @@ def image_text_contrastive(
         padding_mask: (B, L) bool, True at padding.
         temperature: CLIP's initial 0.07, kept fixed.
     """
-    image = beit3(image=images)[:, 1:].mean(1)  # patches, not CLS
-    states = beit3(text_ids=text_ids, text_padding_mask=padding_mask)
-    words = word_positions(text_ids, padding_mask).unsqueeze(-1).to(states.dtype)
-    text = (states * words).sum(1) / words.sum(1).clamp(min=1)
-    logits = F.normalize(image.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T / temperature
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    return contrastive_loss(*unimodal_embeddings(beit3, images, text_ids, padding_mask), temperature)
+
+
+def hard_negatives(
+    similarity: Tensor | None, text_ids: Tensor, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """VLMo's (ALBEF's) hard negatives for image-text matching: per image a caption, per caption an image,
+    drawn from the batch's others with probability ``softmax(similarity)`` (uniformly without one), never
+    a pair whose caption equals the positive's (two images may share a caption).
+
+    Args:
+        similarity: (B, B) image-to-caption similarities (contrastive logits), or None.
+        text_ids: (B, L) the captions, compared for equality.
+        generator: the sampling's random generator.
+
+    Returns:
+        ``(caption_of_image, image_of_caption)``, (B,) long indices; -1 where no other caption differs.
+    """
+    n = len(text_ids)
+    same = (text_ids[:, None, :] == text_ids[None, :, :]).all(-1).cpu()  # (B, B), diagonal included
+    scores = torch.zeros(n, n) if similarity is None else similarity.detach().float().cpu()
+    picks = []
+    for s in (scores, scores.T):
+        weights = s.softmax(-1).masked_fill(same, 0.0) + (~same) * 1e-6  # never 0 for a valid caption
+        valid = (~same).any(1)
+        pick = torch.full((n,), -1, dtype=torch.long)
+        if bool(valid.any()):
+            pick[valid] = torch.multinomial(weights[valid], 1, generator=generator)[:, 0]
+        picks.append(pick.to(text_ids.device))
+    return picks[0], picks[1]
+
+
+def image_text_matching(
+    beit3: BEiT3,
+    head: nn.Module,
+    images: Tensor,
+    text_ids: Tensor,
+    padding_mask: Tensor,
+    similarity: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, int]:
+    """VLMo's image-text matching: does this caption describe this image? One joint pass over the batch's
+    pairs, each image with a hard-negative caption and each caption with a hard-negative image
+    (:func:`hard_negatives`), read *as the segmenter reads class names*: the caption attends to the image
+    and itself, the image to itself only (``text_attention: one_way``), and the verdict is ``head`` on the
+    mean of the caption's word states, so every word's state must carry whether it is seen in the image.
+
+    Returns:
+        The 2-way cross-entropy (match / not), the correct verdicts (0-d long) and the pairs judged.
+    """
+    neg_text, neg_image = hard_negatives(similarity, text_ids, generator)
+    has_text, has_image = neg_text >= 0, neg_image >= 0
+    pair_images = torch.cat([images, images[has_text], images[neg_image[has_image]]])
+    pair_text = torch.cat([text_ids, text_ids[neg_text[has_text]], text_ids[has_image]])
+    pair_padding = torch.cat([padding_mask, padding_mask[neg_text[has_text]], padding_mask[has_image]])
+    labels = torch.cat(
+        [torch.ones(len(images)), torch.zeros(int(has_text.sum()) + int(has_image.sum()))]
+    ).long().to(images.device)
+    gh, gw = beit3.patch_grid((images.shape[-2], images.shape[-1]))
+    vision_len = 1 + gh * gw
+    total = vision_len + text_ids.shape[1]
+    allowed = torch.ones(1, total, total, dtype=torch.bool, device=images.device)
+    allowed[:, :vision_len, vision_len:] = False  # the image does not read the caption
+    states = beit3(image=pair_images, text_ids=pair_text, text_padding_mask=pair_padding, attn_mask=allowed)
+    text_states = states[:, vision_len:]
+    words = word_positions(pair_text, pair_padding).unsqueeze(-1).to(text_states.dtype)
+    logits = head((text_states * words).sum(1) / words.sum(1).clamp(min=1)).float()
+    return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).sum(), len(labels)
 
 
 def mask_patches(
@@ -166,6 +251,9 @@ class PretrainLosses:
         mlm_total: masked tokens.
         mlm_targets: (M,) the masked tokens' ids (for baselines).
         itc: image-text contrastive loss (:func:`image_text_contrastive`), None when not asked for.
+        itm: image-text matching loss (:func:`image_text_matching`), None when not asked for.
+        itm_correct: matching verdicts right (0-d long), None without matching.
+        itm_total: pairs judged (0 without matching).
     """
 
     mlm: Tensor
@@ -174,6 +262,9 @@ class PretrainLosses:
     mlm_total: int
     mlm_targets: Tensor
     itc: Tensor | None = None
+    itm: Tensor | None = None
+    itm_correct: Tensor | None = None
+    itm_total: int = 0
 
 
 class BEiT3Pretrainer(nn.Module):
@@ -196,6 +287,16 @@ class BEiT3Pretrainer(nn.Module):
         # Candidate ids of the masked-language softmax (None: all); derived from the corpus each run.
         self.output_ids: Tensor | None = None
         self._output_index: Tensor | None = None
+        self.itm_head: nn.Linear | None = None
+
+    def enable_matching(self) -> None:
+        """Add the image-text matching head (D -> 2, match / not); made last, so a run without matching
+        draws the same initial weights as before the head existed."""
+        if self.itm_head is None:
+            self.itm_head = nn.Linear(self.beit3.embed_dim, 2)
+            nn.init.normal_(self.itm_head.weight, std=0.02)
+            nn.init.zeros_(self.itm_head.bias)
+            self.itm_head.to(self.mlm_head.weight.device)
 
     def restrict_output(self, ids: Tensor | None) -> None:
         """Limit the masked-language softmax to ``ids`` (1-D long, unique), or lift the limit (None)."""
@@ -232,6 +333,8 @@ class BEiT3Pretrainer(nn.Module):
         patch_mask: Tensor,
         input_ids: Tensor | None = None,
         contrastive: bool = False,
+        matching: bool = False,
+        generator: torch.Generator | None = None,
     ) -> PretrainLosses:
         """Both masked-modeling losses of a batch of image-caption pairs (and the contrastive one).
 
@@ -244,7 +347,13 @@ class BEiT3Pretrainer(nn.Module):
             input_ids: (B, L) the corrupted captions of pass 1 (:func:`corrupt_text`); None puts
                 ``<mask>`` at every position of ``text_mask``.
             contrastive: also compute :func:`image_text_contrastive` (two more, unimodal, passes).
+            matching: also compute :func:`image_text_matching` (one joint pass over 3B pairs; hard
+                negatives by the contrastive similarities when ``contrastive``, else uniform); needs
+                :meth:`enable_matching`.
+            generator: random generator of the matching's negatives.
         """
+        if matching and self.itm_head is None:
+            raise ValueError("Image-text matching needs its head: call enable_matching() first.")
         num_vision = 1 + patch_mask.shape[1]  # CLS + patches
         masked_ids = text_ids.masked_fill(text_mask, MASK_ID) if input_ids is None else input_ids
         states = self.beit3(image=images, text_ids=masked_ids, text_padding_mask=padding_mask)
@@ -261,16 +370,31 @@ class BEiT3Pretrainer(nn.Module):
         pred = self.mim_head(states[:, 1:num_vision][patch_mask])  # (masked patches, 3 g^2)
         target = patch_thumbnails(images, self.beit3.patch_size, self.target_grid)[patch_mask]
         mim = F.mse_loss(pred.float(), target.float())
+        itc = itm = itm_correct = None
+        itm_total = 0
+        similarity = None
+        if contrastive:
+            image, text = unimodal_embeddings(self.beit3, images, text_ids, padding_mask)
+            itc = contrastive_loss(image, text)
+            similarity = image @ text.T
+        if matching:
+            assert self.itm_head is not None
+            itm, itm_correct, itm_total = image_text_matching(
+                self.beit3, self.itm_head, images, text_ids, padding_mask, similarity, generator
+            )
         return PretrainLosses(
             mlm=mlm,
             mim=mim,
             mlm_correct=(logits.argmax(-1) == classes).sum(),
             mlm_total=int(targets.numel()),
             mlm_targets=targets.detach(),
-            itc=image_text_contrastive(self.beit3, images, text_ids, padding_mask) if contrastive else None,
+            itc=itc,
+            itm=itm,
+            itm_correct=itm_correct,
+            itm_total=itm_total,
         )
 
     def heads_state_dict(self) -> dict[str, Tensor]:
         """The pre-training heads, keyed as stored beside ``beit3.*`` in the official-format file."""
-        heads = ("mlm_head", "mim_head")
+        heads = ("mlm_head", "mim_head") + (("itm_head",) if self.itm_head is not None else ())
         return {f"{h}.{k}": v for h in heads for k, v in getattr(self, h).state_dict().items()}
