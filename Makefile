@@ -38,7 +38,7 @@ lint: $(STAMP) ## ruff + mypy
 demo: $(STAMP) ## open-vocabulary world: pretrain BEiT-3 -> fit on seen classes -> zero-shot test -> pictures
 	$(BIN)/omtseg demo --config $(CONFIG) --out outputs/demo
 
-pretrain: $(STAMP) ## remake weights/beit3_tiny_world.pth: BEiT-3 masked data modeling on the world's captions
+pretrain: $(STAMP) ## remake weights/beit3_tiny_world.pth: BEiT-3 masked data modeling (+ VLMo's contrast, matching) on the world's captions
 	$(BIN)/omtseg pretrain --config configs/pretrain/world_tiny.yaml --out weights/beit3_tiny_world.pth --half
 
 ablate: $(STAMP) ## full model, the three ablations and the random-backbone baseline, 3 seeds (outputs/ablate)

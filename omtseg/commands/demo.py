@@ -4,9 +4,10 @@
                 [--pretrain_config configs/pretrain/world_tiny.yaml]
                 [--backbone weights/beit3_tiny_world.pth]
 
-1. ``omtseg pretrain``: BEiT-3's masked data modeling on the world's caption corpus (every word of the world,
-   the analog of BEiT-3's web image-text pairs), written in the official format to ``--backbone``; reused
-   when that file's record says the same pre-training config made it.
+1. ``omtseg pretrain``: BEiT-3's masked data modeling, with VLMo's image-text contrast and matching beside it,
+   on the world's caption corpus (every word of the world, the analog of BEiT-3's web image-text pairs),
+   written in the official format to ``--backbone``; reused when that file's record says the same
+   pre-training config made it.
 2. ``omtseg fit`` on the SEEN classes only (BEiT-3 frozen, adapter, ``<WLS>`` prompt tuning, Mask2Former head,
    Lion; vocabulary shuffled and sub-sampled per batch), then ``omtseg test`` of the best checkpoint on the
    seen test split, on unseen compositions and on novel concepts (prompted with all 28 names of the world).

@@ -87,8 +87,9 @@ def ensure_pretrained(
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="omtseg pretrain",
-        description="BEiT-3 masked data modeling; writes an official-format .pth (other options go to "
-        "LightningCLI fit: --ckpt_path last, --trainer.max_steps ...).",
+        description="BEiT-3 masked data modeling (and, by weight, VLMo's image-text contrast and matching); "
+        "writes an official-format .pth (other options go to LightningCLI fit: --ckpt_path last, "
+        "--trainer.max_steps ...).",
     )
     parser.add_argument("--config", type=Path, required=True, help="e.g. configs/pretrain/world_tiny.yaml")
     parser.add_argument("--out", type=Path, default=None, help="where to write the pretrained .pth")
