@@ -19,6 +19,13 @@ word that names a colour, a shape or a stuff of the world:
 Accuracy per kind is printed against chance (1 / words of the kind). The masked-token accuracy of the
 pre-training log measures (1) through the pre-training head; this probe needs no head (``--half`` files have
 none) and measures (1) and (2) together, in the space the segmenter's class features live in.
+
+A trunk pretrained with image-text contrast (VLMo's, ``itc_weight``) grounds words in another place: the
+image read alone and a name read alone. The second reading, :func:`contrast_probe`, scores each word of a
+kind by the cosine of its text-only state (``<s> word </s>``, mean of its word states) to the image-only state
+(mean of the patch states), the embeddings the contrast trains, and reports per kind the AUC of a word the
+caption names over a word of the same kind it does not name (chance 0.5). A masked-modeling trunk grounds in
+the first reading and not the second; the contrast trunk the other way round (README "Limits").
 """
 
 from __future__ import annotations
@@ -54,17 +61,21 @@ class GroundingResult:
     kinds: dict[str, list[str]]
     count: dict[str, int]
     correct: dict[str, int]
+    chance_level: float | None = None  # None: one right word among the kind's (1 / words)
 
     def accuracy(self, kind: str) -> float:
         n = sum(self.count[w] for w in self.kinds[kind])
         return sum(self.correct[w] for w in self.kinds[kind]) / n if n else float("nan")
+
+    def chance(self, kind: str) -> float:
+        return self.chance_level if self.chance_level is not None else 1 / len(self.kinds[kind])
 
     def as_dict(self) -> dict[str, Any]:
         return {
             kind: {
                 "n": sum(self.count[w] for w in words),
                 "accuracy": round(self.accuracy(kind), 4),
-                "chance": round(1 / len(words), 4),
+                "chance": round(self.chance(kind), 4),
                 "words": {w: {"n": self.count[w], "accuracy": round(self.correct[w] / self.count[w], 4)}
                           for w in words if self.count[w]},  # fmt: skip
             }
@@ -130,6 +141,53 @@ def grounding_probe(
     return GroundingResult(every, {w: count[w] for w in token}, {w: correct[w] for w in token})
 
 
+@torch.no_grad()
+def contrast_probe(
+    backbone: BEiT3,
+    samples: Iterable[tuple[Tensor, str]],
+    kinds: Mapping[str, Sequence[str]],
+    tokenizer: Beit3Tokenizer | None = None,
+) -> GroundingResult:
+    """The contrast reading (module doc) over ``samples``: (3, H, W) uint8 images with one caption each.
+
+    For every word a caption names and every word of the same kind it does not name, the pair counts for the
+    named word, and as correct when the named word's text-only state is the more cosine-similar to the image
+    read alone. ``accuracy`` is then the AUC of named over unnamed words (chance 0.5); a caption naming all
+    or none of a kind's words adds nothing to that kind.
+
+    Raises:
+        ValueError: a word of ``kinds`` is not one token (the caption's words are matched token by token).
+    """
+    tokenizer = tokenizer or Beit3Tokenizer()
+    backbone = backbone.eval()
+    text: dict[str, Tensor] = {}
+    token: dict[str, int] = {}
+    for words in kinds.values():
+        for w in words:
+            ids = tokenizer.encode(w)
+            if len(ids) != 1:
+                raise ValueError(f"Probe word {w!r} is {len(ids)} tokens; the probe matches single tokens.")
+            token[w] = ids[0]
+            states = backbone(text_ids=torch.tensor([[BOS_ID, ids[0], EOS_ID]]))
+            text[w] = F.normalize(states[0, 1].float(), dim=-1)
+    table = {kind: torch.stack([text[w] for w in words]) for kind, words in kinds.items()}
+    count: Counter[str] = Counter()
+    correct: Counter[str] = Counter()
+    for image, caption in samples:
+        named = set(tokenizer.encode(caption))
+        pixels = ((image.float() - PIXEL_MEAN) / PIXEL_STD)[None]
+        seen = F.normalize(backbone(image=pixels)[0, 1:].mean(0).float(), dim=-1)  # patches, not CLS
+        for kind, words in kinds.items():
+            score = table[kind] @ seen
+            inside = [k for k, w in enumerate(words) if token[w] in named]
+            outside = [k for k, w in enumerate(words) if token[w] not in named]
+            for k in inside:
+                count[words[k]] += len(outside)
+                correct[words[k]] += int((score[k] > score[outside]).sum()) if outside else 0
+    every = {k: list(v) for k, v in kinds.items()}
+    return GroundingResult(every, {w: count[w] for w in token}, {w: correct[w] for w in token}, 0.5)
+
+
 def _text_feature(backbone: BEiT3, word: int, separator: int) -> Tensor:
     """(D,) final state of ``word`` read alone as the entry ``word ;`` (positions 0, 1; no image)."""
     states = backbone(text_ids=torch.tensor([[word, separator]]), text_positions=torch.arange(2))
@@ -180,12 +238,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_beit3_checkpoint(backbone, args.backbone)
     samples, images = _held_out_samples(cli.datamodule, args.images)
     result = grounding_probe(backbone, samples, world_word_kinds())
+    contrast = contrast_probe(backbone, samples, world_word_kinds())
     out = args.out or Path("outputs") / "probe" / f"{args.backbone.stem}.json"
     report = {"backbone": str(args.backbone), "images": images, "captions": len(samples),
-              "kinds": result.as_dict()}  # fmt: skip
+              "kinds": result.as_dict(), "contrast": contrast.as_dict()}  # fmt: skip
     save_json(report, out, indent=1)
+    print("Joint reading (a masked word read with the image, matched to the names read alone):")
     print(result.table())
-    print(f"\nGrounded: the word read from the image (masked) is nearest its own name's text feature.\n"
+    print("\nContrast reading (the image alone against the names alone; AUC, named word over unnamed):")
+    print(contrast.table())
+    print(f"\nGrounded: the word read from the image (masked) is nearest its own name's text feature; in\n"
+          f"the contrast reading, a word the caption names is nearer the image than one it does not.\n"
           f"Written to {out}.")  # fmt: skip
     return 0
 
