@@ -45,6 +45,7 @@ from omtseg.data.world import COLORS, SHAPES, STUFF
 from omtseg.io import save_json
 from omtseg.lit_pretrain import PIXEL_MEAN, PIXEL_STD
 from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint
+from omtseg.modeling.pretraining import image_embedding, text_embedding
 from omtseg.modeling.prompts import ENTRY_SEPARATOR
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, Beit3Tokenizer
 
@@ -104,13 +105,7 @@ def grounding_probe(
     """
     tokenizer = tokenizer or Beit3Tokenizer()
     backbone = backbone.eval()
-    token: dict[str, int] = {}
-    for words in kinds.values():
-        for w in words:
-            ids = tokenizer.encode(w)
-            if len(ids) != 1:
-                raise ValueError(f"Probe word {w!r} is {len(ids)} tokens; the probe masks single tokens.")
-            token[w] = ids[0]
+    token = _single_tokens(kinds, tokenizer)
     kind_of = {w: kind for kind, words in kinds.items() for w in words}
     word_of = {i: w for w, i in token.items()}
     separator = tokenizer.encode(ENTRY_SEPARATOR)[-1]
@@ -160,23 +155,17 @@ def contrast_probe(
     """
     tokenizer = tokenizer or Beit3Tokenizer()
     backbone = backbone.eval()
-    text: dict[str, Tensor] = {}
-    token: dict[str, int] = {}
-    for words in kinds.values():
-        for w in words:
-            ids = tokenizer.encode(w)
-            if len(ids) != 1:
-                raise ValueError(f"Probe word {w!r} is {len(ids)} tokens; the probe matches single tokens.")
-            token[w] = ids[0]
-            states = backbone(text_ids=torch.tensor([[BOS_ID, ids[0], EOS_ID]]))
-            text[w] = F.normalize(states[0, 1].float(), dim=-1)
+    token = _single_tokens(kinds, tokenizer)
+    ids = torch.tensor([[BOS_ID, token[w], EOS_ID] for w in token])  # each word read alone: <s> word </s>
+    alone = text_embedding(backbone, ids, torch.zeros_like(ids, dtype=torch.bool))
+    text = dict(zip(token, alone, strict=True))
     table = {kind: torch.stack([text[w] for w in words]) for kind, words in kinds.items()}
     count: Counter[str] = Counter()
     correct: Counter[str] = Counter()
     for image, caption in samples:
         named = set(tokenizer.encode(caption))
         pixels = ((image.float() - PIXEL_MEAN) / PIXEL_STD)[None]
-        seen = F.normalize(backbone(image=pixels)[0, 1:].mean(0).float(), dim=-1)  # patches, not CLS
+        seen = image_embedding(backbone, pixels)[0]
         for kind, words in kinds.items():
             score = table[kind] @ seen
             inside = [k for k, w in enumerate(words) if token[w] in named]
@@ -186,6 +175,22 @@ def contrast_probe(
                 correct[words[k]] += int((score[k] > score[outside]).sum()) if outside else 0
     every = {k: list(v) for k, v in kinds.items()}
     return GroundingResult(every, {w: count[w] for w in token}, {w: correct[w] for w in token}, 0.5)
+
+
+def _single_tokens(kinds: Mapping[str, Sequence[str]], tokenizer: Beit3Tokenizer) -> dict[str, int]:
+    """Each word of ``kinds`` -> its one token id.
+
+    Raises:
+        ValueError: a word is not one token (the probes find words in captions token by token).
+    """
+    token: dict[str, int] = {}
+    for words in kinds.values():
+        for w in words:
+            ids = tokenizer.encode(w)
+            if len(ids) != 1:
+                raise ValueError(f"Probe word {w!r} is {len(ids)} tokens; the probes read single tokens.")
+            token[w] = ids[0]
+    return token
 
 
 def _text_feature(backbone: BEiT3, word: int, separator: int) -> Tensor:

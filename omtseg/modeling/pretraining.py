@@ -110,16 +110,30 @@ def corrupt_text(
     return out
 
 
+def mean_word_state(states: Tensor, text_ids: Tensor, padding_mask: Tensor) -> Tensor:
+    """(B, D) mean of (B, L, D) text ``states`` over each caption's word tokens (:func:`word_positions`)."""
+    words = word_positions(text_ids, padding_mask).unsqueeze(-1).to(states.dtype)
+    return (states * words).sum(1) / words.sum(1).clamp(min=1)
+
+
+def image_embedding(beit3: BEiT3, images: Tensor) -> Tensor:
+    """(B, D) float32 L2-normalised embedding of the image alone: the mean of its patch states (vision
+    expert, CLS left out)."""
+    return F.normalize(beit3(image=images)[:, 1:].mean(1).float(), dim=-1)
+
+
+def text_embedding(beit3: BEiT3, text_ids: Tensor, padding_mask: Tensor) -> Tensor:
+    """(B, D) float32 L2-normalised embedding of the caption alone: the mean of its word states (text
+    expert; ``<s>``, ``</s>``, padding left out)."""
+    states = beit3(text_ids=text_ids, text_padding_mask=padding_mask)
+    return F.normalize(mean_word_state(states, text_ids, padding_mask).float(), dim=-1)
+
+
 def unimodal_embeddings(
     beit3: BEiT3, images: Tensor, text_ids: Tensor, padding_mask: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """(B, D) float32 L2-normalised embeddings of the image alone (mean of its patch states, vision expert)
-    and of the caption alone (mean of its word states, text expert; ``<s>``, ``</s>``, padding left out)."""
-    image = beit3(image=images)[:, 1:].mean(1)  # patches, not CLS
-    states = beit3(text_ids=text_ids, text_padding_mask=padding_mask)
-    words = word_positions(text_ids, padding_mask).unsqueeze(-1).to(states.dtype)
-    text = (states * words).sum(1) / words.sum(1).clamp(min=1)
-    return F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
+    """The contrast's two embeddings: :func:`image_embedding` and :func:`text_embedding`."""
+    return image_embedding(beit3, images), text_embedding(beit3, text_ids, padding_mask)
 
 
 def contrastive_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
@@ -212,9 +226,7 @@ def image_text_matching(
     allowed = torch.ones(1, total, total, dtype=torch.bool, device=images.device)
     allowed[:, :vision_len, vision_len:] = False  # the image does not read the caption
     states = beit3(image=pair_images, text_ids=pair_text, text_padding_mask=pair_padding, attn_mask=allowed)
-    text_states = states[:, vision_len:]
-    words = word_positions(pair_text, pair_padding).unsqueeze(-1).to(text_states.dtype)
-    logits = head((text_states * words).sum(1) / words.sum(1).clamp(min=1)).float()
+    logits = head(mean_word_state(states[:, vision_len:], pair_text, pair_padding)).float()
     return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).sum(), len(labels)
 
 
@@ -376,6 +388,8 @@ class BEiT3Pretrainer(nn.Module):
         if contrastive:
             image, text = unimodal_embeddings(self.beit3, images, text_ids, padding_mask)
             itc = contrastive_loss(image, text)
+            # Cosines, not VLMo's cosines / temperature: the negatives are drawn near-uniformly (the
+            # shipped world trunk was made so; README "Limits").
             similarity = image @ text.T
         if matching:
             assert self.itm_head is not None
