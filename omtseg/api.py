@@ -29,7 +29,7 @@ from torch import Tensor
 from omtseg.captioning.captioner import SegmentCaptioner
 from omtseg.captioning.inference import SegmenterPass, SegmenterTap, caption_segments
 from omtseg.captioning.prompts import RegionCaption, caption_prompts
-from omtseg.checkpoint import check_checkpoint, load_captioner
+from omtseg.checkpoint import check_checkpoint, checkpoint_eval_size, load_captioner
 from omtseg.data.collate import collate
 from omtseg.data.transforms import EvalTransform
 from omtseg.data.vocabulary import class_list_vocabulary, parse_class_list, read_categories_json
@@ -224,13 +224,17 @@ class Segmenter:
             path: the segmenter checkpoint.
             device: where to run.
             captioner: a captioner checkpoint (:func:`omtseg.checkpoint.save_captioner`) for this segmenter.
-            **kwargs: :class:`Segmenter` options (``image_size``, ``batch_size``, ``caption_max_tokens``).
+            **kwargs: :class:`Segmenter` options (``image_size``, ``batch_size``, ``caption_max_tokens``);
+                ``image_size`` defaults to the size the checkpoint's training data evaluated at (640 when
+                the file does not say).
 
         Raises:
             FileNotFoundError: a checkpoint (or the BEiT-3 file it refers to) is missing.
             ValueError: not an omtseg checkpoint, no saved model config, or a captioner for another model.
         """
         check_checkpoint(Path(path), need_model_config=True)
+        if "image_size" not in kwargs:
+            kwargs["image_size"] = checkpoint_eval_size(Path(path)) or 640
         module = OMTSegModule.load_from_checkpoint(str(path), map_location="cpu")
         loaded = None
         if captioner is not None:

@@ -4,6 +4,9 @@ Segmenter checkpoints are Lightning checkpoints (``omtseg fit`` writes them) wit
 
 - ``omtseg_format``: :data:`FORMAT_VERSION`; a file without it was not written by omtseg (an official BEiT-3
   ``.pth`` given as a checkpoint, say) and is refused with a clear error.
+- ``omtseg_eval_size``: the long side, in pixels, the training data config evaluated at (its ``eval_size``;
+  absent when it kept original sizes or the file predates it): :class:`omtseg.api.Segmenter` resizes to it
+  unless told otherwise, so a 64-pixel model is not fed 640-pixel images.
 - ``omtseg_backbone``: ``{"path", "sha256"}`` of the official BEiT-3 file the frozen trunk was loaded from.
   Its frozen weights are then left out of ``state_dict`` (1.6 GB for BEiT-3-large) and restored from that
   file at load time, after checking that the file is the same one (sha256). A randomly initialised trunk has
@@ -39,6 +42,7 @@ FORMAT_VERSION = 1
 FORMAT_KEY = "omtseg_format"
 BACKBONE_KEY = "omtseg_backbone"
 TRAINED_NAMES_KEY = "omtseg_trained_names"  # the training classes' names, for seen_class_penalty
+EVAL_SIZE_KEY = "omtseg_eval_size"  # the training data's evaluation long side, the default image size
 CAPTIONER_FORMAT = 1
 """Version of a captioner checkpoint (``omtseg_captioner``)."""
 CAPTIONER_KEY = "omtseg_captioner"
@@ -123,6 +127,12 @@ def read_checkpoint(path: str | Path, *, header_only: bool = False) -> dict[str,
     if not isinstance(checkpoint, dict) or FORMAT_KEY not in checkpoint:
         raise ValueError(f"{path} {_NOT_OMTSEG}")
     return checkpoint
+
+
+def checkpoint_eval_size(path: str | Path) -> int | None:
+    """The evaluation long side a segmenter checkpoint was trained for (``omtseg_eval_size``), or None."""
+    size = read_checkpoint(path, header_only=True).get(EVAL_SIZE_KEY)
+    return None if size is None else int(size)
 
 
 def check_checkpoint(path: str | Path, *, need_model_config: bool = False) -> None:
@@ -325,6 +335,7 @@ def add_segmenter_entries(
     segmenter: OMTSeg,
     backbone_source: Mapping[str, str] | None,
     prefix: str = SEGMENTER_PREFIX,
+    eval_size: int | None = None,
 ) -> None:
     """Complete a checkpoint being saved: format version, and the backbone file in place of its weights.
 
@@ -333,9 +344,12 @@ def add_segmenter_entries(
         segmenter: the model saved.
         backbone_source: the BEiT-3 file loaded into it, or None for a randomly initialised trunk.
         prefix: the segmenter's key prefix in ``state_dict``.
+        eval_size: the training data's evaluation long side (pixels), kept as the default image size.
     """
     checkpoint[FORMAT_KEY] = FORMAT_VERSION
     checkpoint[TRAINED_NAMES_KEY] = sorted(segmenter.trained_names)
+    if eval_size is not None:
+        checkpoint[EVAL_SIZE_KEY] = int(eval_size)
     if backbone_source is None:
         return  # random-init backbone: its weights exist nowhere else, keep them
     checkpoint[BACKBONE_KEY] = dict(backbone_source)

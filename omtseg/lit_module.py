@@ -189,7 +189,14 @@ class OMTSegModule(L.LightningModule):
     # -------------------------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        add_segmenter_entries(checkpoint, self.model, self.backbone_source)
+        add_segmenter_entries(checkpoint, self.model, self.backbone_source, eval_size=self._data_eval_size())
+
+    def _data_eval_size(self) -> int | None:
+        """The attached datamodule's evaluation long side (``eval_size``), when it resizes to one."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        transform = getattr(datamodule, "eval_transform", None) or getattr(datamodule, "transform", None)
+        size = getattr(transform, "size", None)
+        return size if isinstance(size, int) else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.backbone_source = complete_segmenter_state(

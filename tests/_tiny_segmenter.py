@@ -34,8 +34,9 @@ RECIPE = [
 """Command-line arguments of the recipe (shared with ``omtseg predict`` in the parity test)."""
 
 
-def make_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Write the checkpoint: the module's state and hyperparameters, and omtseg's entries."""
+def make_checkpoint(path: Path, seed: int = 0, eval_size: int | None = None) -> Path:
+    """Write the checkpoint: the module's state and hyperparameters, and omtseg's entries (``eval_size``
+    recorded when given, as ``omtseg fit`` records its data's)."""
     torch.manual_seed(seed)
     with mock.patch.object(sys, "argv", ["omtseg"]):  # pytest's own argv must not reach the CLI
         cli = build_cli([*RECIPE, "--trainer.logger", "false"], run=False)
@@ -44,7 +45,7 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
         "hyper_parameters": dict(cli.model.hparams),
         "pytorch-lightning_version": L.__version__,
     }
-    add_segmenter_entries(checkpoint, cli.model.model, None)
+    add_segmenter_entries(checkpoint, cli.model.model, None, eval_size=eval_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path

@@ -150,6 +150,15 @@ def test_mistakes_are_clear(seg: Segmenter, files: dict[str, Path], tmp_path: Pa
         Segmenter.from_checkpoint(bare)
 
 
+def test_the_default_image_size_is_the_one_the_checkpoint_records(tmp_path: Path) -> None:
+    recorded = make_checkpoint(tmp_path / "recorded.ckpt", eval_size=IMAGE_SIZE)
+    assert Segmenter.from_checkpoint(recorded).transform.size == IMAGE_SIZE
+    assert Segmenter.from_checkpoint(recorded, image_size=None).transform.size is None  # as asked
+    assert Segmenter.from_checkpoint(recorded, image_size=32).transform.size == 32
+    older = make_checkpoint(tmp_path / "older.ckpt")  # written before the size was recorded
+    assert Segmenter.from_checkpoint(older).transform.size == 640
+
+
 def test_a_captioner_describes_segments_and_regions(files: dict[str, Path]) -> None:
     seg = Segmenter.from_checkpoint(
         files["ckpt"], captioner=files["captioner"], image_size=IMAGE_SIZE, caption_max_tokens=4

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omtseg.checkpoint import TRAINED_NAMES_KEY
+from omtseg.checkpoint import EVAL_SIZE_KEY, TRAINED_NAMES_KEY
 from omtseg.cli import run_command
 from omtseg.commands.pretrain import ensure_pretrained
 from omtseg.commands.runs import fit_and_test, zero_shot_test
@@ -93,6 +93,8 @@ def test_pretrain_fit_and_zero_shot_test(tmp_path: Path) -> None:
     ckpt = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
     seen = {c["name"] for c in world_categories(("seen",))}
     assert set(ckpt[TRAINED_NAMES_KEY]) == seen
+    # ... and the size its data evaluates at, the default image size of `Segmenter.from_checkpoint`.
+    assert ckpt[EVAL_SIZE_KEY] == 64
     # `omtseg calibrate` picks a penalty from its grid on unseen_val; the tests apply it.
     out = tmp_path / "calibration.json"
     data_args = ["--data.init_args.root", str(data)]

@@ -225,13 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     parser.add_argument(
-        "--image-size", type=int, default=640,
-        help="long side images are resized to, pixels (the training data config's eval_size; default 640)",
+        "--image-size", type=int, default=None,
+        help="long side images are resized to, pixels (default: the training data config's eval_size, "
+        "as the checkpoint records it; 640 when it does not)",
     )
     args = parser.parse_args(argv)
-    segmenter = Segmenter.from_checkpoint(
-        args.ckpt, device=args.device, captioner=args.captioner, image_size=args.image_size
-    )
+    size = {} if args.image_size is None else {"image_size": args.image_size}
+    segmenter = Segmenter.from_checkpoint(args.ckpt, device=args.device, captioner=args.captioner, **size)
     server = make_server(SegmentApp(segmenter), args.host, args.port)
     port = server.server_address[1]
     print(f"omtseg app: serving on http://{args.host}:{port}/ (Ctrl+C stops)", flush=True)

@@ -185,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     parser.add_argument(
         "--image-size", type=int, default=None,
-        help="long side images are resized to, pixels (the training data config's eval_size; default 640, "
-        "with --onnx the file's longer side)",
+        help="long side images are resized to, pixels (default: the training data config's eval_size as the "
+        "checkpoint records it, else 640; with --onnx the file's longer side)",
     )
     parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     parser.add_argument("--object-threshold", type=float, default=None, help="default: the checkpoint's")
@@ -213,12 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.onnx, device=args.device, image_size=args.image_size, batch_size=args.batch_size
         )
     else:
+        size = {} if args.image_size is None else {"image_size": args.image_size}  # default: the ckpt's
         segmenter = Segmenter.from_checkpoint(
-            args.ckpt,
-            device=args.device,
-            captioner=args.captioner,
-            image_size=640 if args.image_size is None else args.image_size,
-            batch_size=args.batch_size,
+            args.ckpt, device=args.device, captioner=args.captioner, batch_size=args.batch_size, **size
         )
     failed = run(
         files,
