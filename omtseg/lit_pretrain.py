@@ -54,6 +54,10 @@ class BEiT3PretrainModule(L.LightningModule):
             (:func:`~omtseg.modeling.pretraining.image_text_contrastive`); 0, BEiT-3's objective, skips it.
         itm_weight: weight of VLMo's image-text matching loss with hard negatives
             (:func:`~omtseg.modeling.pretraining.image_text_matching`); 0 skips it.
+        itm_temperature: the matching's negatives are drawn by softmax(contrast cosine / this). The default
+            1.0 draws them nearly uniformly (the cosines lie in [-1, 1]): the shipped world trunk was made
+            so. VLMo's 0.07 makes them hard, and on the world the tiny trunk's matching then stays at the
+            prior (held-out accuracy 0.66 with 2 negatives per positive; README "Limits").
         max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
     """
 
@@ -70,6 +74,7 @@ class BEiT3PretrainModule(L.LightningModule):
         mim_weight: float = 1.0,
         itc_weight: float = 0.0,
         itm_weight: float = 0.0,
+        itm_temperature: float = 1.0,
         max_text_tokens: int = 64,
     ) -> None:
         super().__init__()
@@ -92,6 +97,9 @@ class BEiT3PretrainModule(L.LightningModule):
         if itm_weight < 0:
             raise ValueError(f"itm_weight={itm_weight} must be >= 0 (0 leaves image-text matching out).")
         self.itm_weight = itm_weight
+        if itm_temperature <= 0:
+            raise ValueError(f"itm_temperature={itm_temperature} must be > 0 (VLMo's is 0.07).")
+        self.itm_temperature = itm_temperature
         if itm_weight > 0:
             model.enable_matching()
         self.max_text_tokens = max_text_tokens
@@ -158,6 +166,7 @@ class BEiT3PretrainModule(L.LightningModule):
             contrastive=self.itc_weight > 0,
             matching=self.itm_weight > 0,
             generator=generator,
+            negative_temperature=self.itm_temperature,
         )
 
     # --------------------------------------------------------------------------------------------- steps

@@ -127,6 +127,22 @@ def test_hard_negatives_never_pick_the_positive_caption() -> None:
     assert hard_negatives(None, same, g)[0].tolist() == [-1, -1, -1]  # nothing differs: no negative
 
 
+def test_matching_negatives_are_hard_at_vlmo_temperature() -> None:
+    """softmax(cosine / 0.07) draws the caption the contrast confuses with the positive; bare cosines
+    (temperature 1) draw near-uniformly: the deviation the shipped trunk was first made with."""
+    ids = torch.tensor([[BOS_ID, 7 + i, EOS_ID] for i in range(6)])
+    cosine = torch.full((6, 6), 0.1)
+    cosine.fill_diagonal_(0.9)
+    cosine[0, 1] = 0.8  # caption 1 nearly describes image 0
+    g = torch.Generator().manual_seed(0)
+    def share(temperature: float) -> float:
+        return sum(int(hard_negatives(cosine / temperature, ids, g)[0][0] == 1) for _ in range(400)) / 400
+    assert share(0.07) > 0.9 and share(1.0) < 0.45
+    beit3 = BEiT3(img_size=32, patch_size=16, embed_dim=32, depth=1, num_heads=2, vocab_size=64)
+    with pytest.raises(ValueError, match="itm_temperature"):
+        BEiT3PretrainModule(model=BEiT3Pretrainer(backbone=beit3), itm_weight=1.0, itm_temperature=0.0)
+
+
 def test_image_text_matching_reads_each_pair_one_way() -> None:
     torch.manual_seed(0)
     beit3 = BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32, vocab_size=50).eval()

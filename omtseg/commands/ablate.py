@@ -164,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
         runs = {v: [jobs[v, s].result() | {"seed": s} for s in args.seeds] for v in args.variants}
     table = results_table(summarize(runs))
+    trunk = (
+        f"BEiT-3 pretrained by {args.pretrain_config} (held-out masked-token accuracy "
+        f"{backbone['metrics'].get('val/mlm_acc', math.nan):.2f}) except the baseline's"
+        if needs_backbone
+        else "the baseline's BEiT-3 random, never pretrained"
+    )
     header = (
         f"# Ablations on the open-vocabulary world ({args.config}; seeds {args.seeds}; percent, "
-        f"mean ± std over seeds)\n\nTrained on seen classes only; BEiT-3 pretrained by "
-        f"{args.pretrain_config} "
-        f"(held-out masked-token accuracy {backbone['metrics'].get('val/mlm_acc', math.nan):.2f}) except the "
-        "baseline's.\n\n"
+        f"mean ± std over seeds)\n\nTrained on seen classes only; {trunk}.\n\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.md").write_text(header + table + "\n")

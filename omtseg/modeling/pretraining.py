@@ -347,6 +347,7 @@ class BEiT3Pretrainer(nn.Module):
         contrastive: bool = False,
         matching: bool = False,
         generator: torch.Generator | None = None,
+        negative_temperature: float = 1.0,
     ) -> PretrainLosses:
         """Both masked-modeling losses of a batch of image-caption pairs (and the contrastive one).
 
@@ -363,7 +364,12 @@ class BEiT3Pretrainer(nn.Module):
                 negatives by the contrastive similarities when ``contrastive``, else uniform); needs
                 :meth:`enable_matching`.
             generator: random generator of the matching's negatives.
+            negative_temperature: the matching's negatives are drawn by softmax(cosine / this): 1.0 (the
+                default, the shipped world trunk's) nearly uniformly, as the cosines lie in [-1, 1]; VLMo's
+                (ALBEF's) 0.07 hard, mostly captions the contrast confuses with the positive.
         """
+        if negative_temperature <= 0:
+            raise ValueError(f"negative_temperature={negative_temperature} must be > 0.")
         if matching and self.itm_head is None:
             raise ValueError("Image-text matching needs its head: call enable_matching() first.")
         num_vision = 1 + patch_mask.shape[1]  # CLS + patches
@@ -388,9 +394,7 @@ class BEiT3Pretrainer(nn.Module):
         if contrastive:
             image, text = unimodal_embeddings(self.beit3, images, text_ids, padding_mask)
             itc = contrastive_loss(image, text)
-            # Cosines, not VLMo's cosines / temperature: the negatives are drawn near-uniformly (the
-            # shipped world trunk was made so; README "Limits").
-            similarity = image @ text.T
+            similarity = image @ text.T / negative_temperature
         if matching:
             assert self.itm_head is not None
             itm, itm_correct, itm_total = image_text_matching(
