@@ -194,8 +194,7 @@ class OMTSegModule(L.LightningModule):
     def _data_eval_size(self) -> int | None:
         """The attached datamodule's evaluation long side (``eval_size``), when it resizes to one."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        transform = getattr(datamodule, "eval_transform", None) or getattr(datamodule, "transform", None)
-        size = getattr(transform, "size", None)
+        size = getattr(datamodule, "eval_size", None)
         return size if isinstance(size, int) else None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -294,6 +294,7 @@ class PanopticDataModule(LightningDataModule):
         self.eval_transform = EvalTransform(
             size=eval_size, size_divisibility=size_divisibility, keep_original=eval_at_original_size
         )
+        self.eval_size = eval_size  # recorded in checkpoints as the default image size
         self.size_divisibility = size_divisibility
         self.seed = seed
         self.datasets: dict[str, CocoPanopticDataset | ImageFolderDataset] = {}

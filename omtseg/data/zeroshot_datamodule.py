@@ -105,6 +105,7 @@ class ZeroShotDataModule(LightningDataModule):
         self.transform = EvalTransform(
             size=eval_size, size_divisibility=size_divisibility, keep_original=eval_at_original_size
         )
+        self.eval_size = eval_size  # recorded in checkpoints as the default image size
         self.size_divisibility = size_divisibility
         self.batch_size = batch_size
         self.num_workers = num_workers
