@@ -13,6 +13,7 @@ file the segmentation configs load as ``backbone_weights``.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from omtseg.modeling.pretraining import (
     corrupt_text,
     mask_patches,
     mask_text,
+    swap_words,
 )
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID, Beit3Tokenizer
 from omtseg.optim import apply_lr_scale, param_groups
@@ -58,6 +60,10 @@ class BEiT3PretrainModule(L.LightningModule):
             1.0 draws them nearly uniformly (the cosines lie in [-1, 1]): the shipped world trunk was made
             so. VLMo's 0.07 makes them hard, and on the world the tiny trunk's matching then stays at the
             prior (held-out accuracy 0.66 with 2 negatives per positive; README "Limits").
+        swap_groups: groups of interchangeable phrases (e.g. colour words, shape words) for NegCLIP's
+            hard negatives: each caption also gets a copy with one phrase swapped for one of its group that
+            none of the image's captions mentions (:func:`~omtseg.modeling.pretraining.swap_words`), an
+            extra negative in the contrast and the matching. None (the default) makes none.
         max_text_tokens: captions are cut to this many tokens (``<s>``/``</s>`` included).
     """
 
@@ -75,6 +81,7 @@ class BEiT3PretrainModule(L.LightningModule):
         itc_weight: float = 0.0,
         itm_weight: float = 0.0,
         itm_temperature: float = 1.0,
+        swap_groups: list[list[str]] | None = None,
         max_text_tokens: int = 64,
     ) -> None:
         super().__init__()
@@ -102,6 +109,20 @@ class BEiT3PretrainModule(L.LightningModule):
         self.itm_temperature = itm_temperature
         if itm_weight > 0:
             model.enable_matching()
+        if swap_groups is not None and (
+            not swap_groups
+            or any(len(g) < 2 or not all(isinstance(w, str) and w.strip() for w in g) for g in swap_groups)
+        ):
+            raise ValueError(
+                f"swap_groups must be groups of at least 2 non-empty phrases, got {swap_groups!r}."
+            )
+        if swap_groups is not None and itc_weight == 0 and itm_weight == 0:
+            raise ValueError(
+                "swap_groups makes negatives for the contrast or the matching: set itc_weight or "
+                "itm_weight > 0."
+            )
+        self.swap_groups = [list(g) for g in swap_groups] if swap_groups is not None else None
+        self._image_texts: dict[int, str] = {}
         self.max_text_tokens = max_text_tokens
         self.tokenizer = Beit3Tokenizer()
         self._ids: dict[str, list[int]] = {}
@@ -113,14 +134,18 @@ class BEiT3PretrainModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- batches
 
-    def tokenize(self, captions: list[str]) -> tuple[Tensor, Tensor]:
-        """(B, L) ids ``<s> caption </s>`` padded with ``<pad>``, and the (B, L) padding mask."""
+    def tokenize(self, captions: list[str], cache: bool = True) -> tuple[Tensor, Tensor]:
+        """(B, L) ids ``<s> caption </s>`` padded with ``<pad>``, and the (B, L) padding mask.
+
+        ``cache``: remember each caption's ids (the corpus's captions recur every epoch).
+        """
         rows: list[list[int]] = []
         for text in captions:
             row = self._ids.get(text)
             if row is None:
                 row = [BOS_ID, *self.tokenizer.encode(text)[: self.max_text_tokens - 2], EOS_ID]
-                self._ids[text] = row
+                if cache:
+                    self._ids[text] = row
             rows.append(row)
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), PAD_ID, dtype=torch.long)
@@ -134,9 +159,33 @@ class BEiT3PretrainModule(L.LightningModule):
         self.model.restrict_output(torch.tensor(sorted(ids)))
 
     def on_fit_start(self) -> None:
-        captions = getattr(getattr(self.trainer, "datamodule", None), "train_captions", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        captions = getattr(datamodule, "train_captions", None)
         if captions is not None:
             self.restrict_output_to(captions())
+        image_texts = getattr(datamodule, "image_texts", None)
+        if self.swap_groups is not None and image_texts is not None:
+            self._image_texts = image_texts()
+
+    def swapped_captions(
+        self, batch: CaptionBatch, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch's word-swapped captions (``swap_groups``): ids, padding and which rows have one.
+
+        What an image shows is read from all of its captions (the datamodule's ``image_texts``), else from
+        the caption alone.
+        """
+        assert self.swap_groups is not None
+        rng = random.Random(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        out = []
+        for caption, image_id in zip(batch.captions, batch.image_ids, strict=True):
+            context = self._image_texts.get(image_id, caption)
+            out.append(swap_words(caption, self.swap_groups, context, rng))
+        valid = torch.tensor([c is not None for c in out], dtype=torch.bool)
+        ids, padding = self.tokenize(
+            [c if c is not None else batch.captions[k] for k, c in enumerate(out)], cache=False
+        )
+        return ids, padding, valid.to(self.device)
 
     def _losses(self, batch: CaptionBatch, generator: torch.Generator | None) -> PretrainLosses:
         images = (batch.images.float() - PIXEL_MEAN) / PIXEL_STD
@@ -167,6 +216,7 @@ class BEiT3PretrainModule(L.LightningModule):
             matching=self.itm_weight > 0,
             generator=generator,
             negative_temperature=self.itm_temperature,
+            swapped=self.swapped_captions(batch, generator) if self.swap_groups is not None else None,
         )
 
     # --------------------------------------------------------------------------------------------- steps

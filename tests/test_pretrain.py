@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from omtseg.lit_pretrain import PIXEL_MEAN, PIXEL_STD, BEiT3PretrainModule
 from omtseg.modeling.backbone.beit3 import BEiT3, load_beit3_checkpoint, official_state_dict
 from omtseg.modeling.pretraining import (
     BEiT3Pretrainer,
+    contrastive_loss,
     corrupt_text,
     hard_negatives,
     image_text_contrastive,
@@ -23,6 +25,7 @@ from omtseg.modeling.pretraining import (
     mask_patches,
     mask_text,
     patch_thumbnails,
+    swap_words,
 )
 from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 from omtseg.optim import WarmupDecayLR
@@ -180,6 +183,85 @@ def test_image_text_matching_reads_each_pair_one_way() -> None:
         BEiT3Pretrainer(backbone=beit3)(
             images, ids, padding, padding.clone(), torch.zeros(3, 4, dtype=torch.bool), matching=True
         )
+
+
+GROUPS = [["red", "orange", "blue"], ["ball", "cross"], ["sky", "brick wall"]]
+
+
+def test_swap_words_names_only_what_the_image_does_not_show() -> None:
+    caption = "a red ball on the sand under the sky."
+    context = caption + "\nthe red ball is in the middle. there is grass above the sand."
+    rng = random.Random(0)
+    seen = {swap_words(caption, GROUPS, context, rng) for _ in range(200)}
+    assert seen == {  # one phrase swapped for an absent one of its group, every option drawn
+        "a orange ball on the sand under the sky.",
+        "a blue ball on the sand under the sky.",
+        "a red cross on the sand under the sky.",
+        "a red ball on the sand under the brick wall.",
+    }
+    # Whole words only ("redwood" is no "red"), phrases of two words, and nothing left to swap -> None.
+    assert swap_words("a redwood by a brick wall.", GROUPS, "a redwood by a brick wall.", rng) == (
+        "a redwood by a sky."
+    )
+    full = "a red ball, an orange cross and a blue ball under the sky in front of a brick wall."
+    assert swap_words(full, GROUPS, full, rng) is None
+    assert swap_words("a view.", GROUPS, "a view.", rng) is None
+    draws = [swap_words(caption, GROUPS, context, random.Random(3)) for _ in range(3)]
+    assert len(set(draws)) == 1  # deterministic given the generator
+    with pytest.raises(ValueError, match="swap_groups"):
+        BEiT3PretrainModule(
+            model=BEiT3Pretrainer(backbone=BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32)),
+            itc_weight=1.0,
+            swap_groups=[["red"]],
+        )
+    with pytest.raises(ValueError, match="itc_weight or itm_weight"):
+        BEiT3PretrainModule(
+            model=BEiT3Pretrainer(backbone=BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32)),
+            swap_groups=GROUPS,
+        )
+
+
+def test_swapped_captions_are_extra_negatives_of_their_image() -> None:
+    torch.manual_seed(0)
+    image, text, extra = (F.normalize(torch.randn(n, 8), dim=-1) for n in (4, 4, 2))
+    logits = image @ text.T / 0.07
+    target = torch.arange(4)
+    expected = (
+        F.cross_entropy(torch.cat([logits, image @ extra.T / 0.07], 1), target)
+        + F.cross_entropy(logits.T, target)
+    ) / 2
+    assert torch.allclose(contrastive_loss(image, text, negatives=extra), expected)
+    assert contrastive_loss(image, text, negatives=extra) > contrastive_loss(image, text)
+    beit3 = BEiT3(embed_dim=32, depth=1, num_heads=2, img_size=32, vocab_size=50).eval()
+    head = torch.nn.Linear(32, 2)
+    images = torch.randn(3, 3, 32, 32)
+    ids = torch.tensor([[BOS_ID, 7, 8, EOS_ID], [BOS_ID, 9, EOS_ID, PAD_ID], [BOS_ID, 4, 5, EOS_ID]])
+    swap = torch.tensor([[BOS_ID, 7, 9, 9, 9, EOS_ID], [BOS_ID, 6, EOS_ID, PAD_ID, PAD_ID, PAD_ID]] * 2)[:3]
+    valid = torch.tensor([True, False, True])
+    sim = torch.zeros(3, 3)
+    padding = ids == PAD_ID
+    plain = image_text_matching(beit3, head, images, ids, padding, sim, torch.Generator().manual_seed(0))
+    loss, _, total = image_text_matching(
+        beit3, head, images, ids, padding, sim,
+        torch.Generator().manual_seed(0), (swap, swap == PAD_ID, valid)
+    )
+    assert (plain[2], total) == (9, 11)  # two more negatives: image 0 and image 2 with their swaps
+    # The same negatives as the plain call (same generator), plus each swap read with its image, by hand.
+    extra = _mismatch_nll(beit3, head, images[0], swap[0]) + _mismatch_nll(beit3, head, images[2], swap[2])
+    assert torch.isclose(loss * 11, plain[0] * 9 + extra, atol=1e-4)
+
+
+def _mismatch_nll(
+    beit3: BEiT3, head: torch.nn.Module, image: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """The matching loss of one (image, caption) pair labelled "no", unpadded, the image not reading it."""
+    ids = ids[ids != PAD_ID]
+    vision = 1 + 4
+    allowed = torch.ones(1, vision + len(ids), vision + len(ids), dtype=torch.bool)
+    allowed[:, :vision, vision:] = False
+    states = beit3(image=image[None], text_ids=ids[None], attn_mask=allowed)
+    logit = head(states[0, vision + 1 : vision + len(ids) - 1].mean(0))
+    return F.cross_entropy(logit[None], torch.tensor([0]))
 
 
 def test_official_state_dict_loads_into_torchscale_and_back() -> None:

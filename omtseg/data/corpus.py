@@ -170,6 +170,14 @@ class CaptionCorpusDataModule(LightningDataModule):
         train = self.datasets["train"]
         return [train.dataset.pairs[k][2] for k in train.indices]
 
+    def image_texts(self) -> dict[int, str]:
+        """Every image's captions joined by newlines, by image id (what an image is known to show)."""
+        self.setup("fit")
+        texts: dict[int, list[str]] = {}
+        for image_id, _, caption in self.datasets["train"].dataset.pairs:
+            texts.setdefault(image_id, []).append(caption)
+        return {i: "\n".join(t) for i, t in texts.items()}
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.datasets["train"],

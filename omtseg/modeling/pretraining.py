@@ -24,6 +24,10 @@ pairs, two passes per step:
   (:func:`image_text_matching`). It is read as the segmenter reads class names (the caption attends to the
   image, the image not to the caption), from the mean of the word states, so a word's state learns to say
   whether the image shows it: the check a class name needs to win a query over a seen neighbour.
+* **Word-swap hard negatives** (optional, NegCLIP's, ``swap_groups``): a copy of each caption with one word
+  swapped for another of its kind that the image does not show ("a red ball" -> "a red cross"), one more
+  caption column of the contrast and one more pair of the matching (:func:`swap_words`). Negatives drawn
+  from other images almost always differ in colour or ground, so neither loss otherwise needs the shapes.
 
 Cost: a softmax over all 64010 text ids is 90% of a tiny model's step on a CPU, while a small corpus uses a
 few dozen ids. :meth:`BEiT3Pretrainer.restrict_output` limits the masked-language softmax to the ids that
@@ -35,6 +39,8 @@ Shape letters: B batch, L text tokens, N patches, D width, V text vocabulary, M 
 
 from __future__ import annotations
 
+import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omtseg.modeling.backbone.beit3 import BEiT3
-from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID
+from omtseg.modeling.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 
 
 def _choose(candidates: Tensor, ratio: float, generator: torch.Generator | None) -> Tensor:
@@ -136,12 +142,22 @@ def unimodal_embeddings(
     return image_embedding(beit3, images), text_embedding(beit3, text_ids, padding_mask)
 
 
-def contrastive_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
+def contrastive_loss(
+    image: Tensor, text: Tensor, temperature: float = 0.07, negatives: Tensor | None = None
+) -> Tensor:
     """Symmetric cross-entropy of the (B, B) cosine similarities of normalised embeddings over
-    ``temperature``: each image nearest its own caption within the batch, and each caption its image."""
+    ``temperature``: each image nearest its own caption within the batch, and each caption its image.
+
+    ``negatives``: (K, D) normalised embeddings of K extra captions (NegCLIP's hard negatives, each made from
+    one image's caption): more caption columns for the image-to-text side, which every image must rank below
+    its own caption; the text-to-image side is unchanged.
+    """
     logits = image @ text.T / temperature
     target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    to_text = logits
+    if negatives is not None:
+        to_text = torch.cat([logits, image @ negatives.T / temperature], 1)
+    return (F.cross_entropy(to_text, target) + F.cross_entropy(logits.T, target)) / 2
 
 
 def image_text_contrastive(
@@ -202,6 +218,7 @@ def image_text_matching(
     padding_mask: Tensor,
     similarity: Tensor | None = None,
     generator: torch.Generator | None = None,
+    swapped: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """VLMo's image-text matching: does this caption describe this image? One joint pass over the batch's
     pairs, each image with a hard-negative caption and each caption with a hard-negative image
@@ -209,25 +226,68 @@ def image_text_matching(
     and itself, the image to itself only (``text_attention: one_way``), and the verdict is ``head`` on the
     mean of the caption's word states, so every word's state must carry whether it is seen in the image.
 
+    ``swapped``: ``(ids, padding, valid)`` of word-swapped captions (:func:`swap_words`), (B, L'), (B, L')
+    and (B,) bool; each valid one is one more negative of its own image.
+
     Returns:
         The 2-way cross-entropy (match / not), the correct verdicts (0-d long) and the pairs judged.
     """
     neg_text, neg_image = hard_negatives(similarity, text_ids, generator)
     has_text, has_image = neg_text >= 0, neg_image >= 0
-    pair_images = torch.cat([images, images[has_text], images[neg_image[has_image]]])
-    pair_text = torch.cat([text_ids, text_ids[neg_text[has_text]], text_ids[has_image]])
-    pair_padding = torch.cat([padding_mask, padding_mask[neg_text[has_text]], padding_mask[has_image]])
-    labels = torch.cat(
-        [torch.ones(len(images)), torch.zeros(int(has_text.sum()) + int(has_image.sum()))]
-    ).long().to(images.device)
+    texts = [text_ids, text_ids[neg_text[has_text]], text_ids[has_image]]
+    paddings = [padding_mask, padding_mask[neg_text[has_text]], padding_mask[has_image]]
+    pair_images = [images, images[has_text], images[neg_image[has_image]]]
+    num_negatives = int(has_text.sum()) + int(has_image.sum())
+    if swapped is not None:
+        swap_ids, swap_padding, valid = swapped
+        texts, paddings = _pad_to_common(texts + [swap_ids[valid]], paddings + [swap_padding[valid]])
+        pair_images.append(images[valid])
+        num_negatives += int(valid.sum())
+    pair_text, pair_padding = torch.cat(texts), torch.cat(paddings)
+    labels = torch.cat([torch.ones(len(images)), torch.zeros(num_negatives)]).long().to(images.device)
     gh, gw = beit3.patch_grid((images.shape[-2], images.shape[-1]))
     vision_len = 1 + gh * gw
-    total = vision_len + text_ids.shape[1]
+    total = vision_len + pair_text.shape[1]
     allowed = torch.ones(1, total, total, dtype=torch.bool, device=images.device)
     allowed[:, :vision_len, vision_len:] = False  # the image does not read the caption
-    states = beit3(image=pair_images, text_ids=pair_text, text_padding_mask=pair_padding, attn_mask=allowed)
+    states = beit3(
+        image=torch.cat(pair_images), text_ids=pair_text, text_padding_mask=pair_padding, attn_mask=allowed
+    )
     logits = head(mean_word_state(states[:, vision_len:], pair_text, pair_padding)).float()
     return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).sum(), len(labels)
+
+
+def _pad_to_common(ids: list[Tensor], padding: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Caption id / padding tensors right-padded (``<pad>``, True) to their longest length."""
+    length = max(t.shape[1] for t in ids)
+    return (
+        [F.pad(t, (0, length - t.shape[1]), value=PAD_ID) for t in ids],
+        [F.pad(p, (0, length - p.shape[1]), value=True) for p in padding],
+    )
+
+
+def swap_words(
+    caption: str, groups: list[list[str]], context: str, rng: random.Random
+) -> str | None:
+    """A hard negative caption (NegCLIP's word swaps): one phrase of ``caption`` replaced by another of its
+    group that ``context`` (every caption of the image) never mentions, so the result names something the
+    image does not show; None when no phrase of the caption has such a replacement.
+
+    Each group holds interchangeable phrases (colours, shapes, kinds of ground); a phrase matches whole words
+    only. ``rng`` draws the phrase occurrence and its replacement.
+    """
+    options = []
+    for group in groups:
+        absent = [q for q in group if not re.search(rf"\b{re.escape(q)}\b", context)]
+        if not absent:
+            continue
+        for phrase in group:
+            for m in re.finditer(rf"\b{re.escape(phrase)}\b", caption):
+                options.append((m.start(), m.end(), absent))
+    if not options:
+        return None
+    start, end, absent = options[rng.randrange(len(options))]
+    return caption[:start] + absent[rng.randrange(len(absent))] + caption[end:]
 
 
 def mask_patches(
@@ -348,6 +408,7 @@ class BEiT3Pretrainer(nn.Module):
         matching: bool = False,
         generator: torch.Generator | None = None,
         negative_temperature: float = 1.0,
+        swapped: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> PretrainLosses:
         """Both masked-modeling losses of a batch of image-caption pairs (and the contrastive one).
 
@@ -367,6 +428,9 @@ class BEiT3Pretrainer(nn.Module):
             negative_temperature: the matching's negatives are drawn by softmax(cosine / this): 1.0 (the
                 default, the shipped world trunk's) nearly uniformly, as the cosines lie in [-1, 1]; VLMo's
                 (ALBEF's) 0.07 hard, mostly captions the contrast confuses with the positive.
+            swapped: ``(ids, padding, valid)``, (B, L'), (B, L'), (B,) bool: word-swapped captions
+                (:func:`swap_words`), each valid one a further negative of its image, in the contrast (one
+                more caption column per image, NegCLIP's) and in the matching (one more pair).
         """
         if negative_temperature <= 0:
             raise ValueError(f"negative_temperature={negative_temperature} must be > 0.")
@@ -393,12 +457,16 @@ class BEiT3Pretrainer(nn.Module):
         similarity = None
         if contrastive:
             image, text = unimodal_embeddings(self.beit3, images, text_ids, padding_mask)
-            itc = contrastive_loss(image, text)
+            extra = None
+            if swapped is not None and bool(swapped[2].any()):
+                swap_ids, swap_padding, valid = swapped
+                extra = text_embedding(self.beit3, swap_ids[valid], swap_padding[valid])
+            itc = contrastive_loss(image, text, negatives=extra)
             similarity = image @ text.T / negative_temperature
         if matching:
             assert self.itm_head is not None
             itm, itm_correct, itm_total = image_text_matching(
-                self.beit3, self.itm_head, images, text_ids, padding_mask, similarity, generator
+                self.beit3, self.itm_head, images, text_ids, padding_mask, similarity, generator, swapped
             )
         return PretrainLosses(
             mlm=mlm,
